@@ -72,22 +72,22 @@ def _status_is(value: str) -> Callable[..., bool]:
 
 
 def _transition(value: str, *, done: bool) -> None:
-    from hal9999.tasks.runcore import RunnerCore
+    from hal9999.tasks.recorder import RunRecorder
 
     # `_move`: every runner's move, in its thread or (a daemon's `preparing` and
     # `collecting`) on the event loop; one that finds the lock taken there raises
     # before it writes, and its move in a thread dies after it.
     if done:
-        after_sync(RunnerCore, "_move", _status_is(value))
+        after_sync(RunRecorder, "_move", _status_is(value))
     else:
-        before(RunnerCore, "_move", _status_is(value))
+        before(RunRecorder, "_move", _status_is(value))
 
 
 def _mid_agent() -> None:
     """While the agent runs, once it has committed (it leaves ``.git/committed`` then)."""
-    from hal9999.tasks.follow import FollowSteps
+    from hal9999.tasks.follow import RunFollower
 
-    original = FollowSteps.follow
+    original = RunFollower.follow
 
     async def follow(self: Any, ctx: Any, *args: Any, **kwargs: Any) -> Any:
         marker = ctx.session.workspace / ".git" / "committed"
@@ -99,7 +99,7 @@ def _mid_agent() -> None:
         die()
         return await original(self, ctx, *args, **kwargs)
 
-    FollowSteps.follow = follow  # type: ignore[method-assign]
+    RunFollower.follow = follow  # type: ignore[method-assign]
 
 
 def _collect_step(step: str) -> None:
@@ -309,7 +309,7 @@ POINTS: dict[str, Callable[[], None]] = {
     "running_recorded": lambda: _transition("running", done=True),
     "supervisor_made": _supervisor_made,
     "supervisor_claimed": _supervisor_claimed,
-    "agent_started": lambda: after(_module("launch").LaunchSteps, "launch"),
+    "agent_started": lambda: after(_module("launch").AgentLauncher, "launch"),
     "mid_agent": _mid_agent,
     "agent_ended": lambda: _transition("collecting", done=False),
     "collecting": lambda: _transition("collecting", done=True),

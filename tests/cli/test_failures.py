@@ -113,7 +113,7 @@ def wait_for_status(
     """Poll until the only task reaches ``wanted``; with ``ended``, until its run is over
     too (``runner_pid`` cleared). A run ended before its sandbox is gone writes its final
     status first and clears the runner and a sandbox made for it alone once that sandbox is
-    destroyed (``TaskRunner._finish``): in between the record names both."""
+    destroyed (``RunEnding._finish``): in between the record names both."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         tasks = tasks_json(hal)

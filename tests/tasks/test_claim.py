@@ -216,7 +216,8 @@ async def test_a_stopped_run_leaves_the_resumed_runs_fields_and_credentials(
     # Stopped, and at once resumed by another hal process (prepare_resume names it) while
     # this run still ends: the session's credential files and the task's runner_pid and
     # sandbox_id are the resumed run's, not this one's to clear.
-    from hal9999.tasks.runner import TaskRunner
+    from hal9999.tasks.ending import RunEnding
+    from hal9999.tasks.follow import RunFollower
 
     store, service = credentialed(tmp_path, tmp_path / "home")
     request = trivial_request(git_repo(tmp_path / "repo"))
@@ -228,23 +229,23 @@ async def test_a_stopped_run_leaves_the_resumed_runs_fields_and_credentials(
         installed.write_text('{"token": "theirs"}')  # the resumed run installed its own
 
     if when == "before its end":  # before the run reads who holds the task
-        real_follow = TaskRunner.follow
+        real_follow = RunFollower.follow
 
-        async def follow(self: TaskRunner, *args: Any, **kwargs: Any) -> Any:
+        async def follow(self: RunFollower, *args: Any, **kwargs: Any) -> Any:
             try:
                 return await real_follow(self, *args, **kwargs)
             finally:
                 resumed_elsewhere()
 
-        monkeypatch.setattr(TaskRunner, "follow", follow)
+        monkeypatch.setattr(RunFollower, "follow", follow)
     else:  # after that read, before its last write
-        real_release = TaskRunner.release
+        real_release = RunEnding.release
 
-        async def release(self: TaskRunner, *args: Any, **kwargs: Any) -> None:
+        async def release(self: RunEnding, *args: Any, **kwargs: Any) -> None:
             await real_release(self, *args, **kwargs)
             resumed_elsewhere()
 
-        monkeypatch.setattr(TaskRunner, "release", release)
+        monkeypatch.setattr(RunEnding, "release", release)
 
     run = asyncio.ensure_future(service.run(task.id))
     await until(lambda: store.get_task(task.id).status == "running")
@@ -265,27 +266,28 @@ async def test_a_run_whose_task_another_process_holds_since_its_agent_exited_lea
     # (a loaded host: the follower saw the exit before the stop): the step to collecting
     # finds the task queued by that process. This run leaves it alone (it raised
     # TaskStateError out of the run, and gave the sandbox back for reuse).
-    from hal9999.tasks.runner import TaskRunner
+    from hal9999.tasks.ending import RunEnding
+    from hal9999.tasks.follow import RunFollower
 
     store, service = credentialed(tmp_path, tmp_path / "home")
     task = await service.create(trivial_request(git_repo(tmp_path / "repo")))
     installed = Session(Path(task.session_dir)).home / CREDENTIALS
-    real_follow = TaskRunner.follow
+    real_follow = RunFollower.follow
     reused: list[bool] = []
-    real_release = TaskRunner.release
+    real_release = RunEnding.release
 
-    async def follow(self: TaskRunner, *args: Any, **kwargs: Any) -> Any:
+    async def follow(self: RunFollower, *args: Any, **kwargs: Any) -> Any:
         code = await real_follow(self, *args, **kwargs)
         store.update_task(task.id, status="queued", runner_pid=other.pid, sandbox_id="0123456789ab")
         installed.write_text('{"token": "theirs"}')
         return code
 
-    async def release(self: TaskRunner, *args: Any, reuse: bool = True) -> None:
+    async def release(self: RunEnding, *args: Any, reuse: bool = True) -> None:
         reused.append(reuse)
         await real_release(self, *args, reuse=reuse)
 
-    monkeypatch.setattr(TaskRunner, "follow", follow)
-    monkeypatch.setattr(TaskRunner, "release", release)
+    monkeypatch.setattr(RunFollower, "follow", follow)
+    monkeypatch.setattr(RunEnding, "release", release)
     done = await asyncio.wait_for(service.run(task.id), 60)
 
     assert (done.status, done.runner_pid, done.sandbox_id) == ("queued", other.pid, "0123456789ab")

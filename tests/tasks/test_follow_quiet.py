@@ -138,14 +138,14 @@ async def test_a_quiet_run_is_looked_at_less_often_until_it_speaks(
         update={"agent": "sh -c 'sleep 1.5; echo late; sleep 1.5' {{prompt_file}}"}
     )
     task = await service.create(request)
-    emit = follow.FollowSteps.emit
+    emit = follow.RunFollower.emit
 
     def spy(self: Any, ctx: Any, event: Event) -> None:
         if isinstance(event, Output) and event.text:
             outputs.append(event.text)
         emit(self, ctx, event)
 
-    monkeypatch.setattr(follow.FollowSteps, "emit", spy)
+    monkeypatch.setattr(follow.RunFollower, "emit", spy)
     done = await service.run(task.id)
     store.close()
     assert done.status == "succeeded", done.error_message

@@ -281,9 +281,9 @@ async def test_a_trivial_tasks_run_takes_few_thread_hops(
     assert "base_without_gitlinks" not in hops, hops
     assert "Ballast.ensure" not in hops, hops  # the disk reserve is there: a stat, no hop
     assert not {"route_for", "identify"} & set(hops), hops  # in the provisioning move's hop
-    moved = hops.count("RunnerCore.transition.<locals>.moved_then")  # provisioning (running)
+    moved = hops.count("RunRecorder.transition.<locals>.moved_then")  # provisioning (running)
     assert not {"adopt_each", "adopt"} & set(hops) and moved == 1 + (os.geteuid() == 0), hops
-    assert "RunnerCore._transition" not in hops, hops  # `preparing`, `collecting` on the loop
+    assert "RunRecorder.transition_sync" not in hops, hops  # `preparing`, `collecting` on the loop
     # The landing's record goes in the final status' hop, the adoption in running's.
     assert not any("_landed" in h or "write_host_file" in h for h in hops) and len(hops) <= 12, hops
 

@@ -19,7 +19,7 @@ from tests.tasks.test_recovery import pooled_service
 
 from hal9999 import agentfs
 from hal9999.store import Store
-from hal9999.tasks import runner
+from hal9999.tasks import ending
 from hal9999.tasks.context import RunContext
 from hal9999.tasks.session import Session
 
@@ -33,7 +33,7 @@ async def test_the_landings_record_is_written_in_the_final_status_hop_before_it(
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
     seen: list[tuple[str, str, int]] = []
     real_write, real_set = agentfs.write_host_file, Store.set_status
-    real_finish = runner.TaskRunner._finish
+    real_finish = ending.RunEnding._finish
 
     def write(dest: Path, *a: Any, **k: Any) -> int:
         size = real_write(dest, *a, **k)
@@ -50,7 +50,7 @@ async def test_the_landings_record_is_written_in_the_final_status_hop_before_it(
 
     monkeypatch.setattr(agentfs, "write_host_file", write)
     monkeypatch.setattr(Store, "set_status", set_status)
-    monkeypatch.setattr(runner.TaskRunner, "_finish", finish)
+    monkeypatch.setattr(ending.RunEnding, "_finish", finish)
     task = await service.create(trivial_request(repo))
     done = await service.run(task.id)
     monkeypatch.undo()
@@ -71,8 +71,8 @@ def test_a_run_pays_what_it_owes_once_in_order(tmp_path: Path) -> None:
     paid: list[int] = []
     ctx = RunContext.__new__(RunContext)
     ctx.owed = [lambda: paid.append(1), lambda: paid.append(2)]
-    runner.pay_owed(ctx)
-    runner.pay_owed(ctx)
+    ending.pay_owed(ctx)
+    ending.pay_owed(ctx)
     assert paid == [1, 2] and ctx.owed == []
 
 

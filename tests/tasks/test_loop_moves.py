@@ -51,4 +51,4 @@ async def test_a_move_is_made_in_a_thread_when_the_lock_is_taken_or_its_event_wr
     assert moved == ["provisioning", "preparing", "running", "collecting", "succeeded"], tried
     tried_first = [target for target, wait in tried if not wait]
     assert tried_first == (["preparing", "collecting"] if case == "busy" else []), tried
-    assert hops.count("RunnerCore._transition") == 2, hops  # each in a thread after all
+    assert hops.count("RunRecorder.transition_sync") == 2, hops  # each in a thread after all

@@ -85,12 +85,12 @@ async def test_the_tmux_session_opens_while_preparing_is_written(
     # The running phase waits on the prestarted session (tmux's start, the
     # supervisor's interpreter), which began only once `preparing` was written.
     from hal9999.process.tmux import TmuxProcessManager
-    from hal9999.tasks.runcore import RunnerCore
+    from hal9999.tasks.recorder import RunRecorder
     from hal9999.tasks.state import TaskStatus
 
     repo = git_repo(tmp_path / "repo")
     store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
-    real_prestart, real_transition = TmuxProcessManager.prestart, RunnerCore.transition
+    real_prestart, real_transition = TmuxProcessManager.prestart, RunRecorder.transition
     opening = asyncio.Event()
     seen: list[bool] = []
 
@@ -98,7 +98,9 @@ async def test_the_tmux_session_opens_while_preparing_is_written(
         opening.set()
         await real_prestart(self, *args, **kw)
 
-    async def transition(self: RunnerCore, ctx: Any, target: TaskStatus, *a: Any, **kw: Any) -> Any:
+    async def transition(
+        self: RunRecorder, ctx: Any, target: TaskStatus, *a: Any, **kw: Any
+    ) -> Any:
         if target is TaskStatus.PREPARING:
             with contextlib.suppress(TimeoutError):  # a bound for the code before
                 await asyncio.wait_for(opening.wait(), 20)
@@ -106,7 +108,7 @@ async def test_the_tmux_session_opens_while_preparing_is_written(
         return await real_transition(self, ctx, target, *a, **kw)
 
     monkeypatch.setattr(TmuxProcessManager, "prestart", prestart)
-    monkeypatch.setattr(RunnerCore, "transition", transition)
+    monkeypatch.setattr(RunRecorder, "transition", transition)
     request = trivial_request(repo)
     task = await service.create(request.model_copy(update={"process_manager": "tmux"}))
     done = await service.run(task.id)

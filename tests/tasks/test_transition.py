@@ -229,7 +229,8 @@ SIDE = textwrap.dedent(
         with EventLog(service.session(task).events, task_id, store=store) as events:
             ctx = RunContext(task=task, session=service.session(task), events=events,
                              masker=SecretMasker(), secrets={})
-            done = await service.runner.finish(ctx, TaskStatus.SUCCEEDED, time.monotonic(), 0)
+            ending = service.runner.ending
+            done = await ending.finish(ctx, TaskStatus.SUCCEEDED, time.monotonic(), 0)
             return done.status
 
     try:

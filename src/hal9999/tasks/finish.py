@@ -134,7 +134,7 @@ async def collect_result(
                 head=result.head,
                 base=base,
                 masker=ctx.masker,
-                # The record of the move: written with the final status (runner._finish).
+                # The record of the move: written with the final status (ending.RunEnding._finish).
                 owe=ctx.owed.append,
             )
         )

@@ -1,5 +1,6 @@
 """Following a run, launched here or adopted from an earlier ``hal`` process: stream its
-output and parsed events into the task's events until the process ends."""
+output and parsed events into the task's events until the process ends, folding the
+agent's usage and session id into the task."""
 
 from __future__ import annotations
 
@@ -8,21 +9,26 @@ import functools
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.agents.base import Agent
+from hal9999.config import HalConfig
 from hal9999.errors import TaskTimeout
+from hal9999.events.models import AgentSession, Event, Usage
 from hal9999.events.rotation import with_rotated
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.process.supervisor import ended_path
 from hal9999.providers import limits
+from hal9999.providers.base import Provider
 from hal9999.spec import ProcessSpec
+from hal9999.store import Store
+from hal9999.tasks import finish
 from hal9999.tasks.context import RunContext, Superseded, Vanished, taken_from_us
 from hal9999.tasks.output import OUTPUT_EVENTS_CAP, OutputFollower, file_size
-from hal9999.tasks.runcore import RunnerCore
+from hal9999.tasks.recorder import RunRecorder
 
 if TYPE_CHECKING:
     from hal9999.gateway.tasks import GatewayRoute
@@ -104,8 +110,42 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
-class FollowSteps(RunnerCore):
-    """Stream a run to its end (and re-open an adopted run's gateway route)."""
+class RunFollower:
+    """Streams a run to its end (and re-opens an adopted run's gateway route)."""
+
+    def __init__(
+        self, config: HalConfig, store: Store, environ: Mapping[str, str], record: RunRecorder
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.environ = environ
+        self.record = record
+
+    async def follow_adopted(
+        self,
+        ctx: RunContext,
+        provider: Provider,
+        manager: ProcessManager,
+        agent: Agent,
+        started: float,
+    ) -> int:
+        """Carry on following a run an earlier ``hal`` process started (``ctx.adopted``),
+        from where its events stop; return the agent's exit status."""
+        assert ctx.adopted is not None
+        ctx.totals = ctx.adopted.totals
+        ctx.sandbox, ctx.pspec = ctx.adopted.sandbox, ctx.adopted.pspec
+        if (await manager.status(ctx.pspec)).state == "exited":
+            ctx.sandbox = await finish.quiet_ended(provider, ctx.sandbox)
+        ctx.gateway = await self.readopt_gateway(ctx, agent)
+        return await self.follow(
+            ctx,
+            manager,
+            ctx.pspec,
+            agent,
+            started,
+            offset=ctx.adopted.offset,
+            parsed_offset=ctx.adopted.parsed_offset,
+        )
 
     async def readopt_gateway(self, ctx: RunContext, agent: Agent) -> GatewayRoute | None:
         """The adopted run's gateway route: its token registered again (the gateway may have
@@ -209,3 +249,21 @@ class FollowSteps(RunnerCore):
                 raise Superseded(current.status)
             raise Vanished("the agent process vanished without an exit status")
         return status.exit_code
+
+    def emit(self, ctx: RunContext, event: Event) -> None:
+        """Record an event, folding usage and session ids into the task (the gateway's exact
+        figures, when the agent goes through it, instead of what the agent says). A session
+        id is only noted here (emit is synchronous, called from the output pumps); the
+        awaited :meth:`save_session` right after the pump writes it."""
+        if isinstance(event, Usage):
+            if ctx.gateway is None or event.source == "gateway":
+                ctx.totals.add(event)
+        elif isinstance(event, AgentSession):
+            ctx.session_id = event.session_id
+        ctx.events.emit(event)
+
+    async def save_session(self, ctx: RunContext) -> None:
+        """Write the agent session id :meth:`emit` noted, if any, to the task's record."""
+        if ctx.session_id is not None:
+            await self.record.update(ctx.task.id, agent_session_id=ctx.session_id)
+            ctx.session_id = None

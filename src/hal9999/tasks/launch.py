@@ -7,13 +7,14 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 
 from hal9999.agents.base import Agent, AgentContext, AgentLaunch, needs_network
 from hal9999.agents.parsing import SESSION_ID
-from hal9999.credentials import forwarded_env, install_files, remove_files
+from hal9999.config import HalConfig
+from hal9999.credentials import forwarded_env, install_files
 from hal9999.errors import AgentNotInstalled, HalError, RepoError
 from hal9999.events.models import Message, SandboxAcquired
 from hal9999.process.base import ProcessManager, arm_start
@@ -21,8 +22,10 @@ from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
 from hal9999.providers.hostread import write_text
 from hal9999.spec import ProcessSpec, SandboxSpec
+from hal9999.store import Store
 from hal9999.tasks import collect, gitrepo, indexstat, mirror
 from hal9999.tasks.context import (
+    ChannelFinder,
     RunContext,
     borrows_objects,
     mounts_objects,
@@ -32,13 +35,31 @@ from hal9999.tasks.context import (
     sandbox_spec,
 )
 from hal9999.tasks.output import file_size
-from hal9999.tasks.runcore import RunnerCore
+from hal9999.tasks.recorder import RunRecorder
+from hal9999.tasks.sandboxes import SandboxSource
 from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET
 from hal9999.tasks.state import TaskStatus
 
 
-class LaunchSteps(RunnerCore):
-    """Provision, prepare and start; and take the credentials out again afterwards."""
+class AgentLauncher:
+    """Provisions a run's sandbox, prepares its session and starts its agent."""
+
+    def __init__(
+        self,
+        config: HalConfig,
+        store: Store,
+        environ: Mapping[str, str],
+        record: RunRecorder,
+        sandboxes: SandboxSource,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.environ = environ
+        self.record = record
+        self.sandboxes = sandboxes
+        """Where runs get sandboxes: created per run, or the daemon's warm pool."""
+        self.channel_for: ChannelFinder | None = None
+        """How a hive agent's run finds its MCP channel (the composition root gives it)."""
 
     async def launch(
         self,
@@ -64,7 +85,7 @@ class LaunchSteps(RunnerCore):
 
         # The MCP route (a marker file and a row read) and the source's fingerprint found in
         # the move's thread hop (not a hop of their own).
-        await self.transition(ctx, TaskStatus.PROVISIONING, then=provisioned)
+        await self.record.transition(ctx, TaskStatus.PROVISIONING, then=provisioned)
         spec = sandbox_spec(self.config, task, ctx.session, self.environ)
         snap: Path | None = None
         if borrows:
@@ -121,7 +142,7 @@ class LaunchSteps(RunnerCore):
                 early = asyncio.create_task(prestart(sandbox, pspec, env=secrets))
             # After the prestart is on its way: its tmux and interpreter start are the run's
             # longest wait, this write a thread hop.
-            await self.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
+            await self.record.transition(ctx, TaskStatus.PREPARING, sandbox_id=sandbox.id)
             adopting = await self.prepare(ctx, sandbox, launch, prompt_text, snap, checkout)
             if early is not None:
                 # Before `running`: a runner killed -9 after it leaves a supervisor waiting
@@ -129,7 +150,7 @@ class LaunchSteps(RunnerCore):
                 # next daemon queues the task again); killed while the pane opened, none.
                 with contextlib.suppress(HalError):  # the start tries again, and says why
                     await early
-            moving = asyncio.ensure_future(self.transition(
+            moving = asyncio.ensure_future(self.record.transition(
                 ctx, TaskStatus.RUNNING, detail=f"agent {agent.name}",
                 first=_armed(pspec, adopting) if early is None else adopting,
             ))  # fmt: skip
@@ -182,7 +203,7 @@ class LaunchSteps(RunnerCore):
         if held:
             text = (f"{', '.join(held)} held the LLM gateway's upstream key; the agent gets "
                     "its placeholder token there instead (the key stays on the host)")  # fmt: skip
-            self.emit(ctx, Message(level="warning", text=text))
+            ctx.events.emit(Message(level="warning", text=text))
         return launch, secrets
 
     async def _launch_failed(
@@ -258,12 +279,13 @@ class LaunchSteps(RunnerCore):
             spec = spec.model_copy(update={"binds": (*spec.binds, ctx.mcp.bind())})
         offline = spec.network == "none" and needs_network(agent) and ctx.gateway is None
         if offline:
-            self.emit(ctx, Message(level="warning", text=offline_warning(self.config, agent)))
+            ctx.events.emit(Message(level="warning", text=offline_warning(self.config, agent)))
         lease = await self.sandboxes.acquire(provider, spec, task.id)
         ctx.sandbox = sandbox = lease.sandbox if lease is not None else await provider.create(spec)
         ctx.oom_before = oom_count(sandbox)  # a warm sandbox's cgroup counts from before
         warm = lease is not None and lease.warm
-        self.emit(ctx, SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm))
+        acquired = SandboxAcquired(sandbox_id=sandbox.id, provider=sandbox.provider, warm=warm)
+        ctx.events.emit(acquired)
         if ctx.gateway is not None:
             await ctx.gateway.connect(sandbox)
         if ctx.mcp is not None:
@@ -275,19 +297,6 @@ class LaunchSteps(RunnerCore):
         # made for the task, or recovery's sweep of every sandbox no live run keeps (a
         # pooled one).
         return offline
-
-    async def remove_credentials(self, ctx: RunContext) -> None:
-        """Take the credential files out of the session (the next run installs them again);
-        what cannot be removed is reported as a warning event."""
-        if not self.config.credentials:
-            return
-        home = ctx.sandbox.path(HOME_TARGET) if ctx.sandbox is not None else HOME_TARGET
-        left = await asyncio.to_thread(
-            remove_files, ctx.session.home, self.config.credentials, home
-        )
-        if left:
-            text = f"credential files left in the session (not regular files): {', '.join(left)}"
-            ctx.events.emit(Message(level="warning", text=text))
 
     async def checkout(self, ctx: RunContext, snap: Path | None) -> str:
         """Clone the task's source into its (agent-free) workspace, borrowing from
@@ -319,7 +328,7 @@ class LaunchSteps(RunnerCore):
         if resume is not None and not SESSION_ID.fullmatch(resume):
             # The id is the agent's own output and goes on its command line: one recorded
             # by a hal before the parser's check, or by a plugin's parser, is never resumed.
-            self.emit(ctx, Message(level="warning", text=_UNRESUMABLE))
+            ctx.events.emit(Message(level="warning", text=_UNRESUMABLE))
             resume = None
         if task.resumes and resume is None and prompt is None:
             text = task.prompt
@@ -400,7 +409,7 @@ class LaunchSteps(RunnerCore):
         if submodules:
             warning = await gitrepo.init_submodules(sandbox)
             if warning is not None:
-                self.emit(ctx, Message(level="warning", text=warning))
+                ctx.events.emit(Message(level="warning", text=warning))
         write_text(session.prompt_file, prompt_text)  # no file object
         for path, data in launch.files.items():
             await sandbox.write_file_atomic(path, data, mode=0o600)

@@ -1,4 +1,12 @@
-"""One run of a task: sandbox, prepare, agent, stream, collect (:mod:`.finish`), release.
+"""One run of a task, in order: launch the agent in its sandbox, follow it to its end,
+collect its result, record how it ended, and leave the task.
+
+:class:`TaskRunner` orders the run and decides its end; each step is a piece it builds
+and owns: :class:`~hal9999.tasks.launch.AgentLauncher` (sandbox, session, agent start),
+:class:`~hal9999.tasks.follow.RunFollower` (output and events to the process's end),
+:class:`~hal9999.tasks.collector.ResultCollector` (the work brought back),
+:class:`~hal9999.tasks.ending.RunEnding` (the final status, the sandbox given back), all
+writing the task through one :class:`~hal9999.tasks.recorder.RunRecorder`.
 
 The runner owns a task only while it runs, and only once its caller claimed it
 (:mod:`hal9999.tasks.claim`: a process that loses the claim runs nothing). Another ``hal``
@@ -11,50 +19,87 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import functools
-import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
 
-from hal9999.agents.parsing import add_counts
+from hal9999.agents.base import Agent
 from hal9999.agents.registry import resolve_agent
+from hal9999.config import HalConfig
 from hal9999.errors import (
     AgentFailed,
     DiskFull,
     DiskLimitExceeded,
     HalError,
     HomeError,
-    TaskNotFound,
     TaskTimeout,
 )
-from hal9999.events.models import Phase, TaskEnd
-from hal9999.process import pm2inside
-from hal9999.process.base import run_ended
-from hal9999.providers.base import Provider, Sandbox
+from hal9999.process.base import ProcessManager
+from hal9999.providers.base import Provider
 from hal9999.providers.limits import release_if_full
-from hal9999.store import TaskRecord
+from hal9999.store import Store, TaskRecord
 from hal9999.tasks import finish
-from hal9999.tasks.collect import drop_cut_locks
+from hal9999.tasks.collector import ResultCollector
 from hal9999.tasks.context import (
+    ChannelFinder,
     RunContext,
     Superseded,
     Vanished,
     memory_killed,
     offline_warning,
-    taken_from_us,
 )
-from hal9999.tasks.follow import FollowSteps
-from hal9999.tasks.launch import LaunchSteps, missing_program
+from hal9999.tasks.ending import RunEnding
+from hal9999.tasks.follow import RunFollower
+from hal9999.tasks.launch import AgentLauncher, missing_program
+from hal9999.tasks.plugins import Plugins
+from hal9999.tasks.recorder import RunRecorder
+from hal9999.tasks.sandboxes import DirectSource, SandboxSource
 from hal9999.tasks.state import TaskStatus
 
-if TYPE_CHECKING:
-    from hal9999.tasks.retry import Retry
 
-
-class TaskRunner(LaunchSteps, FollowSteps):
+class TaskRunner:
     """Runs tasks from the store to a final or resting state."""
 
-    # -- the run -----------------------------------------------------------------------
+    def __init__(
+        self,
+        config: HalConfig,
+        store: Store,
+        environ: Mapping[str, str],
+        plugins: Plugins | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.plugins = plugins or Plugins(config)
+        """This process's providers and process managers (the daemon's own, in a daemon)."""
+        self.record = RunRecorder(store)
+        sandboxes = DirectSource()
+        self.launcher = AgentLauncher(config, store, environ, self.record, sandboxes)
+        self.follower = RunFollower(config, store, environ, self.record)
+        self.collector = ResultCollector(config, self.record)
+        self.ending = RunEnding(config, store, self.record, sandboxes)
+
+    @property
+    def sandboxes(self) -> SandboxSource:
+        """Where runs get sandboxes and give them back: created per run, or the daemon's
+        warm pool."""
+        return self.launcher.sandboxes
+
+    @sandboxes.setter
+    def sandboxes(self, source: SandboxSource) -> None:
+        self.launcher.sandboxes = self.ending.sandboxes = source
+
+    @property
+    def channel_for(self) -> ChannelFinder | None:
+        """How a hive agent's run finds its MCP channel (the composition root gives it)."""
+        return self.launcher.channel_for
+
+    @channel_for.setter
+    def channel_for(self, find: ChannelFinder | None) -> None:
+        self.launcher.channel_for = find
+
+    def provider(self, name: str) -> Provider:
+        """The provider ``name`` under this runner's config, built once (:class:`Plugins`)."""
+        return self.plugins.provider(name)
+
     async def run(self, ctx: RunContext, prompt: str | None = None) -> TaskRecord:
         """Run the task once (or carry on an adopted run); returns the record in its final or
         resting state, as the run's last write left it (its runner and sandbox cleared)."""
@@ -66,11 +111,9 @@ class TaskRunner(LaunchSteps, FollowSteps):
         agent = resolve_agent(task.agent, self.config.agent_settings(task.agent))
         provider = self.provider(task.provider)
         manager = self.plugins.manager(task.process_manager)
-        started = time.monotonic()
+        started = time.monotonic() if ctx.adopted is None else ctx.adopted.started
         exit_code: int | None = None
         offline = False
-        if ctx.adopted is not None:
-            started = ctx.adopted.started
         # The timeout bounds the whole run (sandbox, clone, agent, collection), not only the
         # agent: a clone stuck on a silent server must end too.
         deadline = asyncio.timeout_at(_loop_deadline(task.timeout_s, started))
@@ -78,271 +121,135 @@ class TaskRunner(LaunchSteps, FollowSteps):
             try:
                 async with deadline:
                     if ctx.adopted is None:
-                        offline = await self.launch(ctx, provider, manager, agent, prompt, started)
-                        assert ctx.pspec is not None
-                        exit_code = await self.follow(ctx, manager, ctx.pspec, agent, started)
-                    else:
-                        ctx.totals = ctx.adopted.totals
-                        ctx.sandbox, ctx.pspec = ctx.adopted.sandbox, ctx.adopted.pspec
-                        if (await manager.status(ctx.pspec)).state == "exited":
-                            ctx.sandbox = await finish.quiet_ended(provider, ctx.sandbox)
-                        ctx.gateway = await self.readopt_gateway(ctx, agent)
-                        exit_code = await self.follow(
-                            ctx,
-                            manager,
-                            ctx.pspec,
-                            agent,
-                            started,
-                            offset=ctx.adopted.offset,
-                            parsed_offset=ctx.adopted.parsed_offset,
+                        offline = await self.launcher.launch(
+                            ctx, provider, manager, agent, prompt, started
                         )
-                    assert ctx.sandbox is not None
-                    ctx.sandbox = await finish.end_leftovers(provider, ctx.sandbox)
-                    # The patch is the agent's until this collection's scan clears it: its
-                    # marker goes in the move's hop (not a hop of its own).
-                    marker = ctx.session.patch_checked
-                    unmark = functools.partial(marker.unlink, missing_ok=True)
-                    then = unmark if ctx.checks_patch else None
-                    await self.transition(ctx, TaskStatus.COLLECTING, then=then)
-                    files = await finish.collect_result(
-                        ctx, ctx.sandbox, self.update, unchecked=then is not None,
-                        home=self.config.home,
-                    )  # fmt: skip
+                        assert ctx.pspec is not None
+                        exit_code = await self.follower.follow(
+                            ctx, manager, ctx.pspec, agent, started
+                        )
+                    else:
+                        exit_code = await self.follower.follow_adopted(
+                            ctx, provider, manager, agent, started
+                        )
+                    files = await self.collector.collect(ctx, provider)
             except TimeoutError as exc:
                 if not deadline.expired():
                     raise
                 status = self.store.get_task(task.id).status
                 raise finish.timed_out(task.timeout_s, status) from exc
-            refused = ctx.gateway.refusal(self.store) if ctx.gateway is not None else None
-            if refused is not None:  # the agent's work is collected above: nothing is lost
-                return await self.finish(
-                    ctx, TaskStatus.FAILED, started, exit_code, error=refused, files=files
-                )
-            if exit_code == 0:
-                return await self.finish(ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files)
-            missing = missing_program(
-                agent, task.provider, exit_code, ctx.session.log, ctx.log_start
-            )
-            if missing is not None:
-                return await self.finish(
-                    ctx, TaskStatus.FAILED, started, exit_code, error=missing, files=files
-                )
-            hint = f"see `hal task logs {task.id}`"
-            if offline:
-                hint += f"; {offline_warning(self.config, agent)}"
-            error = memory_killed(ctx, agent.name) or AgentFailed(
-                f"agent {agent.name} exited with status {exit_code}", hint=hint
-            )
-            return await self.finish(
-                ctx, TaskStatus.FAILED, started, exit_code, error=error, files=files
-            )
+            return await self._judged(ctx, agent, started, exit_code, offline, files)
         except Superseded:
             return self.store.get_task(task.id)
         except (TaskTimeout, DiskLimitExceeded, Vanished) as exc:
-            if ctx.pspec is not None:
-                await manager.stop(ctx.pspec)
-            # A vanished agent is stopped by nothing else, and where a process outlives its
-            # command (a container, a bare ssh host) stopping the process manager ended only
-            # the host's side: the sandbox is restarted first, so nothing the agent left
-            # running (its environment cleared, in a session of its own) writes on while its
-            # work is collected, past the limit that stopped it.
-            outlives = ctx.sandbox is not None and pm2inside.hosts_daemons(ctx.sandbox)
-            quiet = provider if isinstance(exc, Vanished) or outlives else None
-            files = await finish.collect_leftovers(
-                ctx, self.update, quiet=quiet, home=self.config.home
-            )
-            ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
-            failure = AgentFailed(str(exc)) if isinstance(exc, Vanished) else exc
-            return await self.finish(ctx, ended, started, exit_code, error=failure, files=files)
+            return await self._cut_short(ctx, exc, provider, manager, started, exit_code)
         except (HalError, OSError) as exc:
-            if isinstance(exc, OSError):  # a host write of hal's (a session file) found
-                if exc.errno not in _UNWRITABLE:  # the disk full or read-only: say so
-                    raise  # (else the task read "interrupted", as if hal had died)
-                exc = _unwritable(exc, ctx)
-            if ctx.pspec is not None:
-                await manager.stop(ctx.pspec)
-            # A disk that filled outside the agent's watch (the clone, the collection): the
-            # reserve the watchdog would have given up is what records this end (else the
-            # task read "interrupted", the hal process "died", its reason lost), and the
-            # end says the disk is full, not only what git failed to write.
-            if release_if_full(self.config.home) and not isinstance(exc, DiskFull):
-                exc = DiskFull(
-                    f"the disk holding hal's home is full ({exc})",
-                    hint=f"free space on it, then `hal task resume {task.id}`",
-                )
-            return await self.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
+            return await self._failed(ctx, exc, manager, started, exit_code)
         except asyncio.CancelledError as cancelled:
             if ctx.detached:
                 raise  # the daemon is shutting down; the agent runs on, to be adopted
-            # Ctrl-C: stop the agent and keep the session; the sandbox goes in `finally`.
-            if ctx.pspec is not None:
-                await manager.stop(ctx.pspec)
-            reason = finish.cancel_reason(cancelled)
-            await self.finish(ctx, TaskStatus.CANCELLED, started, exit_code, note=reason)
+            await self._cancelled(ctx, cancelled, manager, started, exit_code)
             raise
         finally:
-            # A run its end queued again for a retry leaves the task to its daemon (this
-            # process), which holds it while it waits: its runner_pid stays.
-            left: dict[str, Any] = {} if ctx.retried is not None else {"runner_pid": None}
-            if not ctx.detached:
-                if ctx.gateway is not None:
-                    await ctx.gateway.close()
-                try:
-                    now: TaskRecord | None = self.store.get_task(task.id)
-                except TaskNotFound:  # removed with --force while running
-                    now = None
-                # Stopped, then resumed by another process already: the credential files in
-                # the session are that run's.
-                if now is None or now.runner_pid in (None, os.getpid()):
-                    await self.remove_credentials(ctx)
-                if ctx.sandbox is not None:
-                    # A task stopped or cancelled from outside: whoever did it destroys the
-                    # sandbox too, so it must not go back to the pool for the next task.
-                    taken = now is None or taken_from_us(now)
-                    if taken and ctx.pspec is not None:
-                        # Its stopper stops the run (and waits for it): the sandbox goes only
-                        # once the run has ended, a relay's last bring-back of the work with it.
-                        await run_ended(ctx.pspec.exit_path)
-                    await self.release(provider, ctx.sandbox, reuse=not taken)
-                    left["sandbox_id"] = None
-                    if ctx.collecting and (now is None or now.runner_pid in (None, os.getpid())):
-                        # Its sandbox gone, no git of the session lives: a collection cut
-                        # short (a Ctrl-C) leaves no lock for the next run to meet.
-                        await asyncio.to_thread(drop_cut_locks, ctx.session, task.branch)
-            if ctx.session_id is not None:  # a run cut short between a pump and its save
-                left["agent_session_id"] = ctx.session_id
-                ctx.session_id = None
-            if ctx.owed:  # a run taken away before its final status
-                await asyncio.to_thread(pay_owed, ctx)
-            unsaved, ctx.unsaved = ctx.unsaved, {}  # a run taken away before its final status
-            if unsaved or any(getattr(ctx.task, name) != value for name, value in left.items()):
-                # One write for all; the runner's own fields only while the task is still
-                # this process's (a resume since names its run there).
-                ctx.task = await self.update(task.id, held_by=os.getpid(), **left, **unsaved)
+            await self.ending.leave(ctx, provider)
 
-    async def release(self, provider: Provider, sandbox: Sandbox, *, reuse: bool = True) -> None:
-        """Give the sandbox back to where it came from (the pool, which keeps it for reuse
-        only when ``reuse``), else destroy it."""
-        if not await self.sandboxes.release(sandbox, reuse=reuse):
-            await provider.destroy(sandbox.id)
-
-    async def finish(
+    async def _judged(
         self,
         ctx: RunContext,
-        status: TaskStatus,
+        agent: Agent,
         started: float,
         exit_code: int | None,
-        *,
-        error: HalError | None = None,
-        files: int | None = None,
-        note: str | None = None,
+        offline: bool,
+        files: int,
     ) -> TaskRecord:
-        """Record the end of a run and emit ``task_end`` (nothing when the task was taken);
-        in a thread, like :meth:`transition`."""
-        return await asyncio.to_thread(
-            self._finish, ctx, status, started, exit_code, error, files, note
+        """The end of a run whose agent exited and whose work is collected: succeeded on a
+        0 exit status, else failed saying why."""
+        task = ctx.task
+        refused = ctx.gateway.refusal(self.store) if ctx.gateway is not None else None
+        if refused is not None:  # the agent's work is collected above: nothing is lost
+            return await self.ending.finish(
+                ctx, TaskStatus.FAILED, started, exit_code, error=refused, files=files
+            )
+        if exit_code == 0:
+            return await self.ending.finish(
+                ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files
+            )
+        missing = missing_program(
+            agent, task.provider, exit_code, ctx.session.log, ctx.log_start
+        )
+        if missing is not None:
+            return await self.ending.finish(
+                ctx, TaskStatus.FAILED, started, exit_code, error=missing, files=files
+            )
+        hint = f"see `hal task logs {task.id}`"
+        if offline:
+            hint += f"; {offline_warning(self.config, agent)}"
+        error = memory_killed(ctx, agent.name) or AgentFailed(
+            f"agent {agent.name} exited with status {exit_code}", hint=hint
+        )
+        return await self.ending.finish(
+            ctx, TaskStatus.FAILED, started, exit_code, error=error, files=files
         )
 
-    def _finish(
+    async def _cut_short(
         self,
         ctx: RunContext,
-        status: TaskStatus,
+        exc: TaskTimeout | DiskLimitExceeded | Vanished,
+        provider: Provider,
+        manager: ProcessManager,
         started: float,
         exit_code: int | None,
-        error: HalError | None,
-        files: int | None,
-        note: str | None,
     ) -> TaskRecord:
-        # What the run owes before its final status (the record of the branch it moved),
-        # in this hop and in that order: its failure (a full disk) is the run's, and
-        # no hop of its own stands on the way to the end.
-        pay_owed(ctx)
-        current = self.store.get_task(ctx.task.id)
-        totals = ctx.totals
-        usage = {
-            "input_tokens": add_counts(current.input_tokens, totals.input_tokens),
-            "output_tokens": add_counts(current.output_tokens, totals.output_tokens),
-            "cost_usd": finish.add_cost(current.cost_usd, totals.cost_usd),
-        }
-        message = ctx.masker.mask(error.one_line()) if error else note
-        retry = self._retry(ctx, status, current, error)
-        # The final phase and task_end (and a retry's phase) in one batch of the event log:
-        # one index transaction and one fsync, not one each.
-        with ctx.events.together():
-            try:
-                if retry is not None:
-                    # Failed, and queued again for the retry in the same write: a process that
-                    # dies after it leaves a queued task (recovery takes it on), never a
-                    # `failed` one whose retry is owed. The sandbox goes back in `run`.
-                    record = self._transition(
-                        ctx,
-                        TaskStatus.QUEUED,
-                        note,
-                        via=TaskStatus.FAILED,
-                        sandbox_id=None,
-                        **retry.fields(time.time()),
-                        **usage,
-                    )
-                    ctx.retried = retry
-                else:
-                    # What the end of `run` would write next, in this write: the run's follower
-                    # is answered once the run is over, and a second write would add to
-                    # that wait. A pool's sandbox is its row's (the next daemon
-                    # resets or destroys it). One made for this run alone is named by nothing
-                    # but this record: the runner and it stay on it until the sandbox is gone
-                    # (the end of `run` clears both), so a run killed in between leaves a final
-                    # task naming a sandbox and a dead runner, which the next hal command
-                    # sweeps (tasks/deadruns.py); cleared here, only `hal serve` found it.
-                    keep = ctx.detached or (
-                        ctx.sandbox is not None and not self.sandboxes.holds(ctx.sandbox)
-                    )
-                    gone = {} if keep else {"runner_pid": None, "sandbox_id": None}
-                    record = self._transition(
-                        ctx,
-                        status,
-                        note,
-                        **gone,
-                        finished_at=time.time(),
-                        exit_code=exit_code,
-                        error_code=error.code if error else None,
-                        error_message=message,
-                        **usage,
-                    )
-            except Superseded:
-                return self.store.get_task(ctx.task.id)
-            ctx.events.emit(
-                TaskEnd(
-                    status=status.value,
-                    exit_code=exit_code,
-                    error_code=error.code if error else None,
-                    error=error.one_line() if error else note,
-                    files_changed=files if files is not None else record.files_changed,
-                    duration_s=round(time.monotonic() - started, 3),
-                )
+        """A run its timeout or disk limit stopped, or whose agent vanished: the agent
+        stopped, what it did kept, and the task timed out or failed."""
+        if ctx.pspec is not None:
+            await manager.stop(ctx.pspec)
+        files = await self.collector.leftovers(ctx, provider, exc)
+        ended = TaskStatus.TIMED_OUT if isinstance(exc, TaskTimeout) else TaskStatus.FAILED
+        failure = AgentFailed(str(exc)) if isinstance(exc, Vanished) else exc
+        return await self.ending.finish(ctx, ended, started, exit_code, error=failure, files=files)
+
+    async def _failed(
+        self,
+        ctx: RunContext,
+        exc: HalError | OSError,
+        manager: ProcessManager,
+        started: float,
+        exit_code: int | None,
+    ) -> TaskRecord:
+        """A run a step of hal's failed: the agent stopped, the task failed saying why."""
+        task = ctx.task
+        if isinstance(exc, OSError):  # a host write of hal's (a session file) found
+            if exc.errno not in _UNWRITABLE:  # the disk full or read-only: say so
+                raise exc  # (else the task read "interrupted", as if hal had died)
+            exc = _unwritable(exc, ctx)
+        if ctx.pspec is not None:
+            await manager.stop(ctx.pspec)
+        # A disk that filled outside the agent's watch (the clone, the collection): the
+        # reserve the watchdog would have given up is what records this end (else the
+        # task read "interrupted", the hal process "died", its reason lost), and the
+        # end says the disk is full, not only what git failed to write.
+        if release_if_full(self.config.home) and not isinstance(exc, DiskFull):
+            exc = DiskFull(
+                f"the disk holding hal's home is full ({exc})",
+                hint=f"free space on it, then `hal task resume {task.id}`",
             )
-            if retry is not None:
-                previous = TaskStatus.FAILED.value
-                phase = Phase(phase=record.status, previous=previous, detail=retry.detail(message))
-                ctx.events.emit(phase)
-            return record
+        return await self.ending.finish(ctx, TaskStatus.FAILED, started, exit_code, error=exc)
 
-    @staticmethod
-    def _retry(
-        ctx: RunContext, status: TaskStatus, current: TaskRecord, error: HalError | None
-    ) -> Retry | None:
-        """The retry the run's policy (the daemon's) gives a run ending ``status``; None
-        for a run that did not fail, or without a policy (in-process: its caller retries)."""
-        if ctx.retry is None or status is not TaskStatus.FAILED:
-            return None
-        code = error.code if error else None
-        return ctx.retry(current.model_copy(update={"status": status.value, "error_code": code}))
-
-
-def pay_owed(ctx: RunContext) -> None:
-    """Make the blocking writes the run owes (:attr:`RunContext.owed`), in order, once."""
-    owed, ctx.owed = ctx.owed, []
-    for write in owed:
-        write()
+    async def _cancelled(
+        self,
+        ctx: RunContext,
+        cancelled: asyncio.CancelledError,
+        manager: ProcessManager,
+        started: float,
+        exit_code: int | None,
+    ) -> None:
+        """Ctrl-C: stop the agent and keep the session; the sandbox goes when the run
+        leaves the task."""
+        if ctx.pspec is not None:
+            await manager.stop(ctx.pspec)
+        reason = finish.cancel_reason(cancelled)
+        await self.ending.finish(ctx, TaskStatus.CANCELLED, started, exit_code, note=reason)
 
 
 def _loop_deadline(timeout_s: float | None, started: float) -> float | None:

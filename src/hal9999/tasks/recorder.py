@@ -1,56 +1,29 @@
-"""What every step of a run shares: the runner's config, store and sandbox source, and the
-one way a run changes its task (a checked transition, a field update, an event).
-
-:class:`hal9999.tasks.runner.TaskRunner` is built from this core and two sets of steps, by
-concern: :mod:`.launch` (provision, prepare, start the agent) and :mod:`.follow` (stream a
-started or adopted run to its end).
-"""
+"""The one way a run changes its task: a checked status move and a field update, neither
+stalling the event loop. Every piece of :class:`hal9999.tasks.runner.TaskRunner` that
+writes the task is given the run's :class:`RunRecorder`."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
-from hal9999.config import HalConfig
 from hal9999.errors import TaskStateError
-from hal9999.events.models import AgentSession, Event, Usage
-from hal9999.providers.base import Provider
 from hal9999.store import Store, TaskRecord
 from hal9999.store.writelock import WriteBusy
-from hal9999.tasks.context import ChannelFinder, RunContext, Superseded, taken_from_us
-from hal9999.tasks.plugins import Plugins
-from hal9999.tasks.sandboxes import DirectSource, SandboxSource
+from hal9999.tasks.context import RunContext, Superseded, taken_from_us
 from hal9999.tasks.state import RESTING, TaskStatus, transition
 
 
-class RunnerCore:
-    """The state a run's steps share, and how they record what happens."""
+class RunRecorder:
+    """Moves a run's task on (compare-and-set) and writes its fields, in a thread or on the
+    loop as each write allows."""
 
-    def __init__(
-        self,
-        config: HalConfig,
-        store: Store,
-        environ: Mapping[str, str],
-        plugins: Plugins | None = None,
-    ) -> None:
-        self.config = config
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.environ = environ
-        self.sandboxes: SandboxSource = DirectSource()
-        """Where runs get sandboxes: created per run, or the daemon's warm pool."""
-        self.plugins = plugins or Plugins(config)
-        """This process's providers and process managers (the daemon's own, in a daemon)."""
-        self.channel_for: ChannelFinder | None = None
-        """How a hive agent's run finds its MCP channel (the composition root gives it)."""
 
-    def provider(self, name: str) -> Provider:
-        """The provider ``name`` under this runner's config, built once (:class:`Plugins`)."""
-        return self.plugins.provider(name)
-
-    # -- state -------------------------------------------------------------------------
     async def transition(
         self,
         ctx: RunContext,
@@ -77,21 +50,22 @@ class RunnerCore:
                 # daemon more CPU than the move); when another writer holds it, in a thread.
                 with contextlib.suppress(WriteBusy):
                     return self._move(ctx, target, detail, fields, wait=False)
-            return await asyncio.to_thread(self._transition, ctx, target, detail, **fields)
+            return await asyncio.to_thread(self.transition_sync, ctx, target, detail, **fields)
 
         def moved_then() -> TaskRecord:
             if first is not None:
                 first()
-            record = self._transition(ctx, target, detail, **fields)
+            record = self.transition_sync(ctx, target, detail, **fields)
             if then is not None:
                 then()
             return record
 
         return await asyncio.to_thread(moved_then)
 
-    def _transition(
+    def transition_sync(
         self, ctx: RunContext, target: TaskStatus, detail: str | None, **fields: Any
     ) -> TaskRecord:
+        """:meth:`transition` in this thread: for a step already off the event loop."""
         return self._move(ctx, target, detail, fields)
 
     def _move(
@@ -131,21 +105,3 @@ class RunnerCore:
         must not stall the event loop (the daemon's API and every other run share it).
         ``held_by``: see :meth:`hal9999.store.Store.update_task`."""
         return await asyncio.to_thread(self.store.update_task, task_id, held_by=held_by, **fields)
-
-    def emit(self, ctx: RunContext, event: Event) -> None:
-        """Record an event, folding usage and session ids into the task (the gateway's exact
-        figures, when the agent goes through it, instead of what the agent says). A session
-        id is only noted here (emit is synchronous, called from the output pumps); the
-        awaited :meth:`save_session` right after the pump writes it."""
-        if isinstance(event, Usage):
-            if ctx.gateway is None or event.source == "gateway":
-                ctx.totals.add(event)
-        elif isinstance(event, AgentSession):
-            ctx.session_id = event.session_id
-        ctx.events.emit(event)
-
-    async def save_session(self, ctx: RunContext) -> None:
-        """Write the agent session id :meth:`emit` noted, if any, to the task's record."""
-        if ctx.session_id is not None:
-            await self.update(ctx.task.id, agent_session_id=ctx.session_id)
-            ctx.session_id = None
