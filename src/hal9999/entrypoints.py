@@ -181,6 +181,15 @@ _found: dict[str, dict[str, EntryPointLike]] = {}
 ``{ep.name: ep for ep in entry_points(group=...)}``)."""
 
 
+def scanned_names(group: str) -> list[str]:
+    """The names ``group`` had in the last scan, sorted (a scan now when there was none):
+    what a refusal of an unknown name lists, right after the lookup that scanned again."""
+    found = _found.get(group)
+    if found is None:
+        return sorted({ep.name for ep in group_entry_points(group)})
+    return sorted(found)
+
+
 def find_entry_point(group: str, name: str) -> EntryPointLike | None:
     """The entry point registered as ``name`` in ``group``; None when no package has one."""
     global _scan

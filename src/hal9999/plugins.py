@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sys
 
-from hal9999.entrypoints import find_entry_point, group_entry_points
+from hal9999.entrypoints import find_entry_point, group_entry_points, scanned_names
 from hal9999.errors import (
     AgentError,
     ConfigError,
@@ -76,7 +76,7 @@ def find(kind: Kind, name: str) -> EntryPointLike:
     if entry is None:
         raise kind.unknown(
             f"no {kind.what} named {name!r}",
-            hint=f"available: {', '.join(names(kind)) or 'none installed'}",
+            hint=f"available: {', '.join(scanned_names(kind.group)) or 'none installed'}",
         )
     return entry
 

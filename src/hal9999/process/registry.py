@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hal9999 import plugins
+from hal9999.entrypoints import scanned_names
 from hal9999.errors import ConfigError
 from hal9999.process.base import ProcessManager
 
@@ -22,7 +23,7 @@ def load_process_manager(name: str, *, runtime_dir: Path | None = None) -> Proce
     if not plugins.installed(kind, name):  # the lookup is kept: no scan a task
         raise ConfigError(
             f"unknown process manager {name!r}",
-            hint="choose one of: " + ", ".join(available_process_managers()),
+            hint="choose one of: " + ", ".join(scanned_names(kind.group)),
         )
     manager: ProcessManager = plugins.build(kind, name, runtime_dir=runtime_dir)
     return manager
