@@ -14,8 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.gateway.test_proxy import KEY, call, client, gateway, grant_for, upstream
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import KEY, call, client, grant_for
 
 from hal9999 import agentfs
 from hal9999.gateway import ledger as ledger_module
@@ -24,8 +24,6 @@ from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
 from hal9999.store import sqlite as sqlite_store
 from hal9999.store.gateway import GatewayRequest
-
-__all__ = ["gateway", "upstream"]
 
 
 def row(n: int) -> GatewayRequest:

@@ -15,29 +15,12 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from tests.support.store import make_task
 
 from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
-from hal9999.store import Store, TaskRecord
+from hal9999.store import Store
 from hal9999.store import sqlite as sqlite_store
 from hal9999.store.migrations import MIGRATIONS
-
-
-def make_task(task_id: str, created_at: float = 1000.0, **overrides: Any) -> TaskRecord:
-    fields: dict[str, Any] = {
-        "id": task_id,
-        "prompt": "fix the bug",
-        "agent": "claude",
-        "provider": "bwrap",
-        "process_manager": "tmux",
-        "repo": "/src/project",
-        "repo_kind": "local",
-        "branch": f"hal/{task_id}",
-        "status": "queued",
-        "created_at": created_at,
-        "session_dir": f"/home/sessions/{task_id}",
-    }
-    fields.update(overrides)
-    return TaskRecord(**fields)
 
 
 @pytest.fixture

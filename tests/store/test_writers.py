@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
-from tests.store.test_store import make_task
+from tests.support.store import make_task
 
 from hal9999.store import Store
 from hal9999.store import sqlite as sqlite_store

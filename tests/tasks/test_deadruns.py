@@ -8,7 +8,7 @@ import types
 from pathlib import Path
 
 import pytest
-from tests.store.test_store import make_task
+from tests.support.store import make_task
 
 from hal9999.store import Store
 from hal9999.store.sandboxrow import SandboxRow
