@@ -47,6 +47,7 @@ def imported_test_modules(source: str) -> list[str]:
         ("from tests.support.daemon import poll\nimport pytest", []),
         ("from tests.cli.conftest import hal\nfrom hal9999 import testing", []),
     ],
+    ids=["from", "relative", "top", "from-package", "import", "nested", "support", "conftest"],
 )
 def test_the_scan_finds_every_form_of_importing_a_test_module(
     source: str, imported: list[str]
