@@ -15,11 +15,14 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from tests.gateway.upstream import StormUpstream
+
+from hal9999.tasks import gitrepo
 
 if TYPE_CHECKING:
     from tests.sshd import Sshd
@@ -437,3 +440,22 @@ def fake_k8s(
 def fake_k8s_settings(fake_k8s: object) -> dict[str, object]:
     """``[providers.kubernetes]`` settings for the fake, polling fast."""
     return {"poll_s": 0.02, "ready_timeout_s": 20}
+
+
+@pytest.fixture
+def upstream() -> Iterator[StormUpstream]:
+    with StormUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    original = gitrepo.git
+
+    async def counted(args: Sequence[str], **kwargs: Any) -> str:
+        calls.append(next(a for a in args if a != "-c" and "=" not in a))
+        return await original(args, **kwargs)
+
+    monkeypatch.setattr(gitrepo, "git", counted)
+    return calls

@@ -2,60 +2,34 @@
 
 from __future__ import annotations
 
-import json
-import os
+import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping
+import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.conftest import LeftNothing
 from tests.hang_report import hang_report
+from tests.processes import pointing_into
+from tests.support.crash import IN_FLIGHT
+from tests.support.daemon import UNSETTLED
+from tests.support.hal import (
+    AGENT,
+    BUGGY_CALC,
+    Hal,
+    commit_repo,
+    private_env,
+    reap_started,
+    tasks_json,
+    tasks_now,
+)
+from tests.support.tasks import make_task
 
-AGENT = """#!/bin/sh
-# A tiny custom agent: reads its prompt, fixes the bug, runs the test.
-# No bytecode cache: an edit within the same second as the first run would look stale.
-export PYTHONDONTWRITEBYTECODE=1
-echo "agent: prompt: $(cat "$1")"
-python3 test_calc.py || echo "agent: test fails, fixing"
-sed -i 's/a - b/a + b/' calc.py
-python3 test_calc.py
-"""
-
-
-def git(repo: Path, *args: str) -> str:
-    """Run git in ``repo`` and return stdout."""
-    return subprocess.run(
-        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
-        cwd=repo,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-
-
-BUGGY_CALC = "def add(a, b):\n    return a - b\n"
-"""The planted bug every demo repository carries."""
-
-
-def commit_repo(repo: Path, files: Mapping[str, str]) -> Path:
-    """A new git repository at ``repo`` holding ``files`` in one commit on ``main``."""
-    repo.mkdir(parents=True)
-    for name, text in files.items():
-        (repo / name).write_text(text)
-    git(repo, "init", "-q", "-b", "main")
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "initial")
-    return repo
-
-
-def private_env(home: Path, config: Path, **more: str) -> dict[str, str]:
-    """This environment for a hal subprocess, without the caller's ``HAL_*`` settings: a
-    private HAL_HOME and config directory, and ``more``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HAL_")}
-    return env | {"HAL_HOME": str(home), "XDG_CONFIG_HOME": str(config)} | more
+from hal9999.cli.options import TASK_STATES
+from hal9999.home import DB_NAME
+from hal9999.store import Store
 
 
 @pytest.fixture
@@ -68,9 +42,6 @@ def demo_repo(tmp_path: Path) -> Path:
         "agent.sh": AGENT,
         ".gitignore": "__pycache__/\n",
     })  # fmt: skip
-
-
-Hal = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
@@ -119,96 +90,11 @@ def hal(hal_env: dict[str, str], demo_repo: Path) -> Hal:
     return run
 
 
-def tasks_json(hal: Hal) -> list[dict[str, Any]]:
-    """``hal task list --json`` parsed."""
-    out = hal("task", "list", "--json")
-    assert out.returncode == 0, out.stderr
-    data: list[dict[str, Any]] = json.loads(out.stdout)
-    return data
-
-
-def events_of(hal: Hal, task_id: str) -> list[dict[str, Any]]:
-    """``hal task events --json`` parsed."""
-    out = hal("task", "events", task_id, "--json")
-    assert out.returncode == 0, out.stderr
-    return [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
-
-
-def env_of(hal: Hal) -> Mapping[str, str] | None:
-    """The environment a ``hal`` of this conftest's fixture runs with (None for another).
-    An attribute of the function, not a table here: pytest loads this file as a conftest
-    and the tests import it again, as a second module."""
-    env: Mapping[str, str] | None = getattr(hal, "hal_env", None)
-    return env
-
-
-def daemon_tasks(hal: Hal) -> list[dict[str, Any]] | None:
-    """``hal task list --json``'s document as the daemon of ``hal``'s home answers it (the
-    same ``GET /v1/tasks`` that command sends it), asked from this process: a poll that
-    starts no ``hal`` (each start ~0.3 s of CPU, taken from the work polled on a 2-core CI
-    host). None when no daemon answers there."""
-    from hal9999.errors import HalError
-    from hal9999.server.client import DaemonClient
-
-    env = env_of(hal)
-    client = None if env is None else DaemonClient.find(env["HAL_HOME"])
-    if client is None:
-        return None
-    try:
-        found: list[dict[str, Any]] = client.request("GET", "/v1/tasks")
-    except HalError:  # it went away
-        return None
-    return found
-
-
-def tasks_now(hal: Hal) -> list[dict[str, Any]]:
-    """The home's tasks for a poll: :func:`daemon_tasks`, else ``hal task list --json``."""
-    found = daemon_tasks(hal)
-    return tasks_json(hal) if found is None else found
-
-
-def one_error_line(out: subprocess.CompletedProcess[str]) -> str:
-    """The single error line; asserts there is no traceback and no crash report."""
-    assert "Traceback" not in out.stderr + out.stdout
-    lines = [line for line in out.stderr.splitlines() if line.startswith("hal: error:")]
-    assert len(lines) == 1, out.stderr
-    assert "internal error" not in lines[0], lines[0]
-    return lines[0]
-
-
-def no_sessions(hal_env: dict[str, str]) -> bool:
-    """Whether ``HAL_HOME`` holds no task session."""
-    sessions = Path(hal_env["HAL_HOME"], "sessions")
-    return not sessions.exists() or not any(sessions.iterdir())
-
-
-_started: list[subprocess.Popen[str]] = []
-
-
 @pytest.fixture(autouse=True)
 def _reap_background_hal() -> Iterator[None]:
     """A test that fails half-way leaves no background ``hal`` behind for the next one."""
     yield
-    while _started:
-        proc = _started.pop()
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate()
-
-
-def start_hal(env: dict[str, str], cwd: Path, *args: str) -> subprocess.Popen[str]:
-    """``hal ARGS...`` in the background (killed at the end of the test if still running)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hal9999", *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _started.append(proc)
-    return proc
+    reap_started()
 
 
 @pytest.fixture(params=["in-process", "served"])
@@ -220,3 +106,85 @@ def cli_path(request: pytest.FixtureRequest, hal: Hal) -> Iterator[str]:
     yield str(request.param)
     if request.param == "served":
         assert hal("serve", "--stop").returncode == 0
+
+
+@pytest.fixture
+def daemon(hal: Hal, hal_env: dict[str, str]) -> Iterator[Hal]:
+    """A running ``hal serve --detach``; stopped (or found dead) at the end."""
+    out = hal("serve", "--detach", "--json")
+    assert out.returncode == 0, out.stderr
+    yield hal
+    home = Path(hal_env["HAL_HOME"])
+    stopped = hal("serve", "--stop")
+    assert stopped.returncode == 0, stopped.stderr
+    # Nothing of any task, nor any warm sandbox, may outlive the test.
+    for task in tasks_json(hal):
+        if task["status"] in ("running", "queued", "interrupted"):
+            hal("task", "stop", task["id"])
+    assert list((home / "sandboxes").glob("*/*")) == []
+
+
+@pytest.fixture
+def served(hal: Hal, hal_env: dict[str, str]) -> Iterator[Hal]:
+    """``hal`` with a ``hal serve --detach`` running for its home; at the end, its tasks
+    settled (those running, queued or being made cancelled, those collecting collected) and
+    the daemon stopped, with nothing of the home left running. A daemon stopped while a
+    task collects leaves it ``collecting`` and its pool keeper alive for the next daemon to
+    adopt (by design): the fixture left both on the test machine."""
+    assert hal("serve", "--detach").returncode == 0
+    yield hal
+    home = Path(hal_env["HAL_HOME"])
+    cancelled: set[str] = set()
+    deadline = time.monotonic() + 120
+    while busy := [task for task in tasks_now(hal) if task["status"] in IN_FLIGHT]:
+        assert time.monotonic() < deadline, f"tasks never settled: {busy}"
+        for task in busy:
+            if task["status"] != "collecting" and task["id"] not in cancelled:
+                hal("task", "cancel", task["id"])
+                cancelled.add(task["id"])
+        time.sleep(0.2)
+    assert hal("serve", "--stop").returncode == 0
+    left = [task["status"] for task in tasks_json(hal) if task["status"] in UNSETTLED]
+    assert left == [], "the stopped daemon left tasks in flight"
+    assert pointing_into(home) == {}, "the stopped daemon left processes"
+
+
+@pytest.fixture
+def runner() -> Iterator[int]:
+    """A live "hal" process, the runner of the store's active tasks."""
+    live = subprocess.Popen(["hal-live-runner", "60"], executable="/bin/sleep")
+    yield live.pid
+    live.kill()
+    live.wait()
+
+
+@pytest.fixture
+def home(tmp_path: Path, runner: int) -> Path:
+    """A store with a task in every state, nulls and set fields, lists, unicode, control
+    characters, a huge prompt, a non-finite cost and odd floats."""
+    home = tmp_path / "home"
+    (tmp_path / "here").mkdir()
+    with Store.open(home) as store:
+        for n, status in enumerate(TASK_STATES):
+            active = status in ("provisioning", "preparing", "running", "collecting")
+            store.insert_task(make_task(home, f"t{n:07d}", status, created_at=1_000.0 + n / 3,
+                                        runner_pid=runner if active else None))  # fmt: skip
+        store.insert_task(make_task(
+            home, "full0001", "succeeded", created_at=5_000.123456789,
+            prompt="é ✓ \x1b[2J 🚀\n" * 3,
+            ref="main", base_commit="a" * 40, started_at=5_001.5, finished_at=5_002.0,
+            exit_code=0, error_code="agent_failed", error_message="line\nline\u2028\"q\"",
+            sandbox_id="sb1", runner_pid=runner, agent_session_id="s-1", timeout_s=3600.0,
+            input_tokens=12,
+            output_tokens=2**40, cost_usd=0.1 + 0.2, files_changed=3, env_keys=["A", "_B1"],
+            resumes=2, priority=-5, providers=["bwrap", "qemu", "ünï"], retries=1,
+            agent_retries=1, infra_retries=0, not_before=1e20, repo_kind="url",
+            repo="https://example.invalid/r.git",
+        ))  # fmt: skip
+        store.insert_task(make_task(home, "huge0001", "failed", created_at=6_000.0,
+                                    prompt="x" * 1_000_000, cost_usd=1e-7))  # fmt: skip
+    with sqlite3.connect(home / DB_NAME) as conn:  # what only an older hal may have written
+        conn.execute("UPDATE tasks SET cost_usd = ? WHERE id = 'huge0001'", (float("inf"),))
+        conn.execute("UPDATE tasks SET timeout_s = 7 WHERE id = 't0000001'")
+    conn.close()
+    return home

@@ -14,25 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, start_hal, tasks_json, tasks_now
-from tests.cli.test_failures import assert_no_leftovers, wait_for_status
+from tests.support.adoption import AGENT, wait_until
+from tests.support.cli import assert_no_leftovers, wait_for_status
+from tests.support.hal import Hal, git, start_hal, tasks_json, tasks_now
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
-
-# Waits for the test to drop `go` into its workspace, then leaves its work and ends.
-AGENT = (
-    "sh -c 'echo agent-started; while [ ! -f go ]; do sleep 0.2; done; rm go; "
-    "echo late > late.txt; echo agent-finished'"
-)
-
-def wait_until(check: object, what: str, timeout: float = 20) -> None:
-    """Poll ``check()`` until it is true."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def attach_screen(hal_env: dict[str, str], task_id: str, sock_dir: Path, want: str) -> str:

@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, start_hal, tasks_now
-from tests.cli.test_adopt import AGENT, wait_until
-from tests.cli.test_failures import assert_no_leftovers, wait_for_status
+from tests.support.adoption import AGENT, wait_until
+from tests.support.cli import assert_no_leftovers, wait_for_status
+from tests.support.hal import Hal, git, start_hal, tasks_now
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, one_error_line
+from tests.support.hal import Hal, one_error_line
 
 
 def test_serve_stop_json_without_a_daemon_is_json(hal: Hal) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, no_sessions, one_error_line, tasks_json
 from tests.cli.quick_agents import quick_agents_path
+from tests.support.hal import Hal, no_sessions, one_error_line, tasks_json
 
 RUN = ("run", "--agent", "true {{prompt_file}}", "x")
 PYDANTIC_WORDS = ("Extra inputs", "Input should", "valid string", "pool settings of")

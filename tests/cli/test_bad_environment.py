@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, one_error_line
 from tests.cli.quick_agents import quick_agents_path
+from tests.support.hal import Hal, one_error_line
 
 BWRAP = shutil.which("bwrap")
 

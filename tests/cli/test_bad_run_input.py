@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, no_sessions, one_error_line, tasks_json
+from tests.support.hal import Hal, git, no_sessions, one_error_line, tasks_json
 
 
 def test_non_ascii_env_name_is_refused_and_leaves_no_session(

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, one_error_line, tasks_json
+from tests.support.hal import Hal, one_error_line, tasks_json
 
 WORK = ("run", "--provider", "local", "--agent", "sh -c 'echo hi > new.txt' {{prompt_file}}",
         "--json", "x")  # fmt: skip

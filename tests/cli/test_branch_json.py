@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, git
+from tests.support.hal import Hal, git
 
 from hal9999.config import HalConfig
 from hal9999.server.api import build_router

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import cast
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
+from tests.support.hal import Hal, git, tasks_json
 
 from hal9999.cli.task_table import BRANCH_MARKS, TaskSummary, branch_shown
 from hal9999.tasks.session import Session

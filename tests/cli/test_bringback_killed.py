@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
-from tests.cli.test_crash_sweep import AGENT, has_work
+from tests.support.crash import AGENT, has_work
+from tests.support.hal import Hal, git, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

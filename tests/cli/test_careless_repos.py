@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, no_sessions, one_error_line, tasks_json
+from tests.support.hal import Hal, git, no_sessions, one_error_line, tasks_json
 
 AGENT = ("--agent", "true {{prompt_file}}")
 

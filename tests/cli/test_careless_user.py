@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, no_sessions, one_error_line
-from tests.cli.test_failures import wait_for_status
+from tests.support.cli import wait_for_status
+from tests.support.hal import Hal, git, no_sessions, one_error_line
 
 from hal9999.cli import daemon_run
 from hal9999.server import client

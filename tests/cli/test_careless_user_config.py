@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, no_sessions, one_error_line
+from tests.support.hal import Hal, no_sessions, one_error_line
 
 import hal9999.home
 from hal9999.errors import HomeError

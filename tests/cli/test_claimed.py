@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, start_hal, tasks_json
-from tests.tasks.test_recovery import make_task
+from tests.support.hal import Hal, start_hal, tasks_json
+from tests.support.tasks import make_task
 
 from hal9999.store import Store
 

@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, git, tasks_json
+from tests.support.hal import Hal, events_of, git, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of
+from tests.support.hal import Hal, events_of
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

@@ -5,7 +5,7 @@ wins over the other."""
 from __future__ import annotations
 
 import pytest
-from tests.cli.conftest import Hal, no_sessions, one_error_line
+from tests.support.hal import Hal, no_sessions, one_error_line
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 AGENT = ("--agent", "true {{prompt_file}}")

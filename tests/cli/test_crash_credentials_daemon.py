@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
-from tests.cli.test_crash_sweep_daemon import killed_daemon, settle
+from tests.support.crash import killed_daemon, settle
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -8,10 +8,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git
-from tests.cli.test_crash_sweep import assert_repo_whole, has_work
-from tests.cli.test_crash_sweep_daemon import killed_daemon, settle
 from tests.processes import pointing_into
+from tests.support.crash import assert_repo_whole, has_work, killed_daemon, settle
+from tests.support.hal import Hal, git
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(240)]
 

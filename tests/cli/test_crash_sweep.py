@@ -18,67 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
 from tests.cli.killed_hal import POINTS, SLOW_GIT
-from tests.cli.test_failures import assert_no_leftovers, hal_processes_of
+from tests.support.cli import assert_no_leftovers, hal_processes_of
+from tests.support.crash import IN_FLIGHT, KILLER, SECRET, assert_repo_whole, has_work, killed_run
+from tests.support.hal import Hal, git, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow]
-
-KILLER = Path(__file__).with_name("killed_hal.py")
-SECRET = {"HAL_TEST_TOKEN": "s3cr3t-Value-77"}
-# Commits ``f``, leaves ``g`` uncommitted; the marker in .git says the commit is made.
-AGENT = (
-    "sh -c 'echo hi > f; git add f; git -c user.name=a -c user.email=a@a commit -qm x; "
-    ": > .git/committed; {pause}echo more > g'"
-)
-IN_FLIGHT = {"queued", "provisioning", "preparing", "running", "collecting"}
-
-
-PAUSES = {
-    "mid_agent": "sleep 1; ",
-    "supervisor_claimed": "sleep 5; ",
-    "collect:updating the branch": "git checkout -q --detach; ",
-}
-"""What the agent does before its last file at some points: runs on a little while hal dies
-(still running when the next daemon looks, after a kill at its start); leaves HEAD detached
-(else the branch is HEAD and collection has no branch to update)."""
-
-
-def killed_run(hal_env: dict[str, str], repo: Path, point: str, secret: bool) -> None:
-    """``hal run`` of :data:`AGENT`, killed at ``point``."""
-    agent = AGENT.format(pause=PAUSES.get(point, ""))
-    extra = ["--secret", *SECRET] if secret else []
-    done = subprocess.run(
-        [sys.executable, str(KILLER), point, "run", *extra, "--agent", agent, "do it"],
-        cwd=repo, env={**hal_env, **(SECRET if secret else {})}, capture_output=True,
-        text=True, timeout=60, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert done.returncode == -9, f"never reached {point}: {done.stderr}"
-
-
-def has_work(repo: Path, task: dict[str, Any]) -> bool:
-    """Whether the task's branch holds the agent's commit and its uncommitted file."""
-    branch = task["branch"]
-    if git(repo, "branch", "--list", branch) == "":
-        return False
-    subjects = git(repo, "log", "--format=%s", f"main..{branch}").splitlines()
-    assert "x" in subjects, subjects
-    assert git(repo, "show", f"{branch}:f") == "hi"
-    assert git(repo, "show", f"{branch}:g") == "more", "the uncommitted file is collected"
-    return True
-
-
-def assert_repo_whole(repo: Path, main: str, incoming_ok: bool) -> None:
-    """The user's repository is as sound as before the run, only with a result branch."""
-    fsck = subprocess.run(["git", "fsck", "--strict"], cwd=repo, capture_output=True, text=True)
-    assert fsck.returncode == 0, fsck.stdout + fsck.stderr
-    locks = sorted(str(p) for p in (repo / ".git").rglob("*.lock"))
-    assert locks == []
-    assert git(repo, "symbolic-ref", "HEAD") == "refs/heads/main"
-    assert git(repo, "rev-parse", "main") == main
-    assert git(repo, "status", "--porcelain") == ""
-    if not incoming_ok:
-        assert git(repo, "for-each-ref", "refs/hal-incoming/") == ""
 
 
 QUARANTINED = ("git_fetch_running", "fetched", "kept_quarantine", "branch_moved")

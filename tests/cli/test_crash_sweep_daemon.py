@@ -9,24 +9,24 @@ repository is whole, with nothing of the task left running.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
-from tests.cli.test_crash_sweep import (
+from tests.support.cli import hal_processes_of
+from tests.support.crash import (
     AGENT,
     IN_FLIGHT,
     KILLER,
     PAUSES,
     assert_repo_whole,
     has_work,
+    killed_daemon,
+    settle,
+    succeeds_after_a_restart,
 )
-from tests.cli.test_failures import hal_processes_of
+from tests.support.hal import Hal, git, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -48,43 +48,6 @@ POINTS = (
 )
 """The in-process sweep's points where a daemon's path differs (the pool's sandboxes,
 recovery's adoption) or where the in-process one found the most to check."""
-
-
-def settle(hal: Hal, task_id: str, timeout: float = 60) -> dict[str, Any]:
-    """The task once it is neither in flight nor queued."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        [task] = [t for t in tasks_json(hal) if t["id"] == task_id]
-        if task["status"] not in IN_FLIGHT:
-            return task
-        time.sleep(0.2)
-    pytest.fail(f"task {task_id} never settled: {tasks_json(hal)}")
-
-
-def killed_daemon(hal: Hal, hal_env: dict[str, str], repo: Path, point: str) -> str:
-    """A task run through a ``hal serve`` that died at ``point``; its id."""
-    home = Path(hal_env["HAL_HOME"])
-    with (home.parent / "killed-serve.log").open("ab") as log:
-        proc = subprocess.Popen(
-            [sys.executable, str(KILLER), point, "serve"],
-            cwd=repo, env=hal_env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True,
-        )  # fmt: skip
-    try:
-        info = home / "run" / "serve.json"
-        deadline = time.monotonic() + 30
-        while not (info.exists() and json.loads(info.read_text())["pid"] == proc.pid):
-            assert proc.poll() is None and time.monotonic() < deadline, "hal serve never started"
-            time.sleep(0.05)
-        agent = AGENT.format(pause=PAUSES.get(point, ""))
-        hal("run", "--detach", "--agent", agent, "do it")  # the daemon may die before it answers
-        assert proc.wait(timeout=60) == -9, f"hal serve never reached {point}"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    [task] = tasks_json(hal)
-    return str(task["id"])
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -164,18 +127,3 @@ def test_a_task_listed_before_the_next_daemon_is_queued_again_by_it(
     assert task["infra_retries"] == 1, "queued again by the next daemon"
 
 
-def succeeds_after_a_restart(hal: Hal, repo: Path, task_id: str, main: str) -> dict[str, Any]:
-    """The task once a next ``hal serve`` has carried it on: ``succeeded`` with its work,
-    the repository whole, nothing of it running and every sandbox swept."""
-    assert hal("serve", "--detach").returncode == 0
-    try:
-        task = settle(hal, task_id)
-        assert task["status"] == "succeeded", task
-        assert has_work(repo, task)
-    finally:
-        assert hal("serve", "--stop").returncode == 0
-    assert_repo_whole(repo, main, incoming_ok=False)
-    assert hal_processes_of(task) == []
-    home = Path(str(task["session_dir"])).parents[1]
-    assert list((home / "sandboxes").glob("*/*")) == [], "the restart swept every sandbox"
-    return task

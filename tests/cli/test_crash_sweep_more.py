@@ -13,16 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
-from tests.cli.test_crash_sweep import (
-    AGENT,
-    IN_FLIGHT,
-    KILLER,
-    assert_repo_whole,
-    has_work,
-    killed_run,
-)
-from tests.cli.test_failures import assert_no_leftovers, hal_processes_of
+from tests.support.cli import assert_no_leftovers, hal_processes_of
+from tests.support.crash import AGENT, IN_FLIGHT, KILLER, assert_repo_whole, has_work, killed_run
+from tests.support.hal import Hal, git, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -10,57 +10,18 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, events_of, tasks_json, tasks_now
-from tests.cli.test_failures import hal_processes_of
+from tests.support.cli import hal_processes_of
+from tests.support.daemon import poll, serve_info, wait_status
+from tests.support.hal import Hal, events_of, tasks_json
 
 from hal9999.errors import ConfigError
 from hal9999.server.client import DaemonClient
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
-
-
-def poll(what: str, check: Any, timeout: float = 30) -> Any:
-    """Call ``check`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def serve_info(home: Path) -> dict[str, Any]:
-    return json.loads((home / "run" / "serve.json").read_text())
-
-
-@pytest.fixture
-def daemon(hal: Hal, hal_env: dict[str, str]) -> Iterator[Hal]:
-    """A running ``hal serve --detach``; stopped (or found dead) at the end."""
-    out = hal("serve", "--detach", "--json")
-    assert out.returncode == 0, out.stderr
-    yield hal
-    home = Path(hal_env["HAL_HOME"])
-    stopped = hal("serve", "--stop")
-    assert stopped.returncode == 0, stopped.stderr
-    # Nothing of any task, nor any warm sandbox, may outlive the test.
-    for task in tasks_json(hal):
-        if task["status"] in ("running", "queued", "interrupted"):
-            hal("task", "stop", task["id"])
-    assert list((home / "sandboxes").glob("*/*")) == []
-
-
-def wait_status(hal: Hal, task_id: str, wanted: set[str], timeout: float = 30) -> dict[str, Any]:
-    def check() -> dict[str, Any] | None:
-        found = [t for t in tasks_now(hal) if t["id"] == task_id]
-        return found[0] if found and found[0]["status"] in wanted else None
-
-    return poll(f"task {task_id} to become {wanted}", check, timeout)  # type: ignore[no-any-return]
 
 
 def test_serve_routes_run_and_task_commands(daemon: Hal, hal_env: dict[str, str]) -> None:
@@ -271,7 +232,7 @@ def test_the_agents_session_id_reaches_the_task_record(
 ) -> None:
     # The session id is noted by the (synchronous) output pump and written by an awaited
     # save right after: it must still land on the record a resume reads.
-    from tests.cli.test_parsed_adoption import _pausing_claude
+    from tests.support.adoption import _pausing_claude
 
     _pausing_claude(hal_env, demo_repo)
     (demo_repo / "go").touch()  # replay without the pause

@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
-from tests.cli.test_daemon import daemon, wait_status  # noqa: F401  (the fixture)
+from tests.support.daemon import wait_status
+from tests.support.hal import Hal
 
 from hal9999.server.client import DaemonClient
 

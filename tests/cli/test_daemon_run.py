@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 import pytest
+from tests.support.cli import THIN_RUN_LEAVES_OUT
 
 from hal9999.cli import daemon_run, options
 from hal9999.cli.daemon_run import (
@@ -28,27 +29,6 @@ from hal9999.values import (
     TimeoutSeconds,
     check_value,
 )
-
-THIN_RUN_LEAVES_OUT = frozenset({
-    # hal9999.lighttyping: typing and what it imports are a large share of the
-    # thin client's start; its modules import typing's names only for the checker.
-    "typing",
-    # Paths as strings (hal9999.workdir.pure_path): pathlib and its fnmatch and ntpath
-    # are dear too (and import urllib.parse).
-    "pathlib", "fnmatch", "ntpath",
-    # hal9999.plainjson (json's own C encoder and scanner) and the client's own query string:
-    # json, urllib.parse and ipaddress were ~8M more (and kept `re` on the path).
-    "json", "urllib", "ipaddress",
-    # The host git status started by posix_spawnp (cli.notices.HostGit), not subprocess:
-    # it and its signal, threading, selectors, locale, re and enum were ~19M more.
-    "subprocess", "signal", "threading", "selectors", "locale", "re", "enum",
-    "math",  # a shared library to load; only --json's document uses it (cli.echo)
-})  # fmt: skip
-BEFORE_THE_POST = frozenset({"hal9999.cli.notices", "select"})
-"""Modules the thin client has not imported when it posts the task (the host ``git status``
-runs while the daemon creates it)."""
-"""Standard library modules the thin ``hal run`` client does without,
-checked here on import and in ``test_daemon_run_e2e.py`` on a whole run."""
 
 
 def test_the_default_config_is_the_models(tmp_path: Path) -> None:

@@ -13,50 +13,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, daemon_tasks, events_of, start_hal, tasks_json, tasks_now
-from tests.cli.test_crash_sweep import IN_FLIGHT
-from tests.cli.test_daemon_run import BEFORE_THE_POST, THIN_RUN_LEAVES_OUT
-from tests.cli.test_run_imports import RUN_AND_LIST
-from tests.processes import pointing_into
+from tests.support.cli import BEFORE_THE_POST, RUN_AND_LIST, THIN_RUN_LEAVES_OUT
+from tests.support.daemon import _running
+from tests.support.hal import Hal, daemon_tasks, events_of, start_hal, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 
 FULL = {"HAL_LOG_LEVEL": "WARNING"}
 """Takes the full path, and changes nothing else."""
-
-
-@pytest.fixture
-def served(hal: Hal, hal_env: dict[str, str]) -> Iterator[Hal]:
-    """``hal`` with a ``hal serve --detach`` running for its home; at the end, its tasks
-    settled (those running, queued or being made cancelled, those collecting collected) and
-    the daemon stopped, with nothing of the home left running. A daemon stopped while a
-    task collects leaves it ``collecting`` and its pool keeper alive for the next daemon to
-    adopt (by design): the fixture left both on the test machine."""
-    assert hal("serve", "--detach").returncode == 0
-    yield hal
-    home = Path(hal_env["HAL_HOME"])
-    cancelled: set[str] = set()
-    deadline = time.monotonic() + 120
-    while busy := [task for task in tasks_now(hal) if task["status"] in IN_FLIGHT]:
-        assert time.monotonic() < deadline, f"tasks never settled: {busy}"
-        for task in busy:
-            if task["status"] != "collecting" and task["id"] not in cancelled:
-                hal("task", "cancel", task["id"])
-                cancelled.add(task["id"])
-        time.sleep(0.2)
-    assert hal("serve", "--stop").returncode == 0
-    left = [task["status"] for task in tasks_json(hal) if task["status"] in UNSETTLED]
-    assert left == [], "the stopped daemon left tasks in flight"
-    assert pointing_into(home) == {}, "the stopped daemon left processes"
-
-
-UNSETTLED = IN_FLIGHT | {"interrupted"}
-"""A task's states after the daemon's stop that say it left the task unfinished (the listing
-marks one in flight ``interrupted``)."""
 
 
 def _normal(text: str, ids: set[str]) -> str:
@@ -329,16 +296,6 @@ THIN_RUN_HAL_MODULES = frozenset({
 request are made from; ``tasks.through`` and ``tasks.branchmade`` the task API's own
 follow-to-the-end and branch rule, which the client shares: each imports only the light
 modules above)."""
-
-
-def _running(hal: Hal, agent: str = "sleep 600") -> str:
-    task_id = hal("run", "--detach", "--agent", agent, "wait").stdout.strip()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if [t for t in tasks_json(hal) if t["id"] == task_id and t["status"] == "running"]:
-            return task_id
-        time.sleep(0.1)
-    pytest.fail(f"task {task_id} did not start")
 
 
 def test_task_show_stop_and_cancel_as_the_full_client(served: Hal) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, one_error_line
+from tests.support.hal import Hal, one_error_line
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 SLEEPER = "sh -c 'sleep 120' {{prompt_file}}"

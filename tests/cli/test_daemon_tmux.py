@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
-from tests.cli.test_daemon_run_e2e import _running
-from tests.cli.test_daemon_run_e2e import served as served
-from tests.process.test_tmux_prestart import servers
+from tests.support.cli import _comm
+from tests.support.daemon import _running
+from tests.support.hal import Hal, tasks_json
+from tests.support.process import servers
 
 from hal9999.process.tmux import shared_socket
 
@@ -47,10 +47,6 @@ def _panes(home: Path) -> dict[int, int]:
         if b"hal9999.process.supervisor" in argv:
             found[int(pid)] = int(stat.rsplit(")", 1)[1].split()[1])
     return found
-
-
-def _comm(pid: int) -> str:
-    return Path(f"/proc/{pid}/comm").read_text().strip()
 
 
 @pytest.fixture

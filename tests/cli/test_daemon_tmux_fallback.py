@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
-from tests.cli.test_daemon_run_e2e import _running
-from tests.cli.test_daemon_tmux import _comm
+from tests.support.cli import _comm
+from tests.support.daemon import _running
+from tests.support.hal import Hal, tasks_json
 
 from hal9999.process.tmux import shared_socket
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
-from tests.cli.test_crash_sweep import KILLER
-from tests.cli.test_failures import hal_processes_of
+from tests.support.cli import hal_processes_of
+from tests.support.crash import KILLER
+from tests.support.hal import Hal, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow]
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, start_hal, tasks_json
-from tests.cli.test_failures import assert_no_leftovers, wait_for_status
 from tests.fakes.vendor_api import SHUTDOWN_POLL_S
+from tests.support.cli import assert_no_leftovers, wait_for_status
+from tests.support.hal import Hal, start_hal, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, commit_repo, git, one_error_line, tasks_json
-from tests.cli.test_failures import assert_no_leftovers
+from tests.support.cli import assert_no_leftovers
+from tests.support.hal import Hal, commit_repo, git, one_error_line, tasks_json
 
 from hal9999.providers.host import cgroups
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
-from tests.cli.test_failures import assert_no_leftovers
+from tests.support.cli import assert_no_leftovers
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

@@ -7,8 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
 from tests.cli.quick_agents import quick_agents_path
+from tests.support.hal import Hal, git, tasks_json
 
 pytestmark = [pytest.mark.podman, pytest.mark.tmux, pytest.mark.timeout(300)]
 

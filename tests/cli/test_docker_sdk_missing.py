@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal
 from tests.cli.quick_agents import quick_agents_path
+from tests.support.cli import fake_bin
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -23,30 +23,6 @@ PINNED = {
 }
 """What scripts/install-agents.sh installs (tests/agents/test_agent_versions.py keeps the
 presets in step with it)."""
-
-
-def fake_bin(tmp_path: Path) -> str:
-    """A PATH whose `claude` is of another version, whose `codex` fails, and without aider.
-
-    /usr/bin stays on it: the bwrap check runs `true` inside a sandbox, which sees only /usr.
-    The other agent CLIs installed there answer at once (tests/cli/quick_agents.py): only
-    their install hints are checked here, and the real ones (gemini and opencode, ~6 s of
-    CPU a doctor) are asked in test_doctor_shows_installed_versions.
-    """
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir(parents=True)
-    for tool in ("git", "tmux", "bwrap"):  # wherever they live on this host
-        found = shutil.which(tool)
-        assert found, tool
-        (bin_dir / tool).symlink_to(found)
-    scripts = {"claude": "echo '9.9.9 (Claude Code)'", "codex": "echo broken >&2; exit 3"}
-    for name, body in scripts.items():
-        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
-        (bin_dir / name).chmod(0o755)
-    rest = quick_agents_path(tmp_path / "quick-agents", "/usr/bin:/bin")
-    for name in ("claude", "codex", "aider"):  # as above: faked, failing, missing
-        (tmp_path / "quick-agents" / name).unlink(missing_ok=True)
-    return f"{bin_dir}:{rest}"
 
 
 def agent_checks(out_json: str) -> dict[str, dict[str, Any]]:

@@ -9,28 +9,9 @@ import sys
 from pathlib import Path
 
 from click.testing import CliRunner
+from tests.support.cli import IMPORTED
 
 from hal9999.cli.main import cli
-
-IMPORTED = """
-import json, os, runpy, sys
-def imported():
-    sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
-    sys.stderr.flush()
-def exit_now(code, _exit=os._exit):
-    imported()
-    _exit(code)
-os._exit = exit_now
-sys.argv = ["hal", *sys.argv[1:]]
-try:
-    runpy.run_module("hal9999", run_name="__main__")
-except SystemExit:
-    pass
-imported()
-"""
-"""``python -c`` of this runs ``hal ARGS`` as the console script does, then writes the names
-of the modules it imported as a last line of JSON on stderr, also when hal ends with
-``os._exit`` (``entry.exit_at_once``: the thin run, an in-process run with nothing left)."""
 
 
 def test_version_imports_no_click_and_prints_clicks_line(tmp_path: Path) -> None:

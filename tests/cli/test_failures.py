@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, one_error_line, start_hal, tasks_json
+from tests.support.cli import assert_no_leftovers, hal_processes_of, wait_for_status
+from tests.support.hal import Hal, one_error_line, start_hal, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -77,50 +78,6 @@ def test_timeout(hal: Hal) -> None:
     # Work done before the timeout is kept and collected.
     assert "new.txt" in Path(task["session_dir"], "result.patch").read_text()
     assert_no_leftovers(task)
-
-
-def hal_processes_of(task: dict[str, object]) -> list[str]:
-    """Command lines of live processes that belong to the task's session."""
-    needle = str(task["session_dir"]).encode()
-    found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmd:
-            found.append(cmd.replace(b"\0", b" ").decode(errors="replace"))
-    return found
-
-
-def assert_no_leftovers(task: dict[str, object]) -> None:
-    """No process of the task is alive and its sandbox is gone."""
-    deadline = time.monotonic() + 5
-    while hal_processes_of(task) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert hal_processes_of(task) == []
-    home = Path(str(task["session_dir"])).parents[1]
-    state = home / "sandboxes" / str(task["provider"])
-    leftovers = [p.name for p in state.iterdir()] if state.exists() else []
-    assert leftovers == [], f"sandboxes left behind: {leftovers}"
-
-
-def wait_for_status(
-    hal: Hal, wanted: str, timeout: float = 30, *, ended: bool = False
-) -> dict[str, object]:
-    """Poll until the only task reaches ``wanted``; with ``ended``, until its run is over
-    too (``runner_pid`` cleared). A run ended before its sandbox is gone writes its final
-    status first and clears the runner and a sandbox made for it alone once that sandbox is
-    destroyed (``RunEnding._finish``): in between the record names both."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        tasks = tasks_json(hal)
-        if tasks and tasks[0]["status"] == wanted and not (ended and tasks[0]["runner_pid"]):
-            return tasks[0]
-        time.sleep(0.2)
-    pytest.fail(f"task never became {wanted}: {tasks_json(hal)}")
 
 
 def test_ctrl_c_cancels_cleanly(hal: Hal, hal_env: dict[str, str], demo_repo: Path) -> None:

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
-from tests.cli.test_crash_sweep import AGENT, assert_repo_whole, has_work
-from tests.cli.test_failures import assert_no_leftovers
+from tests.support.cli import assert_no_leftovers
+from tests.support.crash import AGENT, assert_repo_whole, has_work
+from tests.support.hal import Hal, git, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow]
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.tasks.test_recovery import make_task
+from tests.support.tasks import make_task
 
 from hal9999.events.log import EventLog
 from hal9999.events.models import Phase

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

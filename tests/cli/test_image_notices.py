@@ -9,8 +9,8 @@ import json
 import os
 from pathlib import Path
 
-from tests.cli.conftest import Hal
 from tests.cli.quick_agents import quick_agents_path
+from tests.support.hal import Hal
 
 from hal9999.providers.qemu.image.store import ImageMeta, ImageStore
 

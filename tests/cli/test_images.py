@@ -7,7 +7,7 @@ import os
 import re
 
 import pytest
-from tests.cli.conftest import Hal
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.qemu, pytest.mark.timeout(300)]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, one_error_line, start_hal
-from tests.cli.test_failures import wait_for_status
+from tests.support.cli import wait_for_status
+from tests.support.hal import Hal, one_error_line, start_hal
 
 from hal9999.cli.lazy import COMMANDS
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, git
+from tests.support.hal import Hal, events_of, git
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(600)]
 

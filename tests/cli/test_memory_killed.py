@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.cli.conftest import Hal
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.cgroup]
 

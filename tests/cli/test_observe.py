@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
 from tests.cli.quick_agents import quick_agents_path
+from tests.support.hal import Hal, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import io
 import json
-import re
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.cli import _hidden_at_end
 
 from hal9999.cli.output import (
     EventRenderer,
@@ -163,33 +163,6 @@ def test_result_summary() -> None:
     assert result_summary("") == "(no output)"
     assert result_summary("one\n\n") == "one"
     assert result_summary("a\nb\nc") == "a (+2 lines)"
-
-
-def _hidden_at_end(text: str) -> bool:
-    """Whether a terminal is left concealing (SGR 8) or drawing black on black once
-    ``text`` is written (the state of the SGR sequences in it, in order)."""
-    concealed, fg, bg = False, None, None
-    for params in re.findall(r"\x1b\[([0-9;:]*)m", text):
-        codes = [int(c) if c.isdigit() else 0 for c in params.split(";")]
-        i = 0
-        while i < len(codes):
-            code = codes[i]
-            if code == 0:
-                concealed, fg, bg = False, None, None
-            elif code == 8:
-                concealed = True
-            elif code == 28:
-                concealed = False
-            elif 30 <= code <= 37:
-                fg = code - 30
-            elif 40 <= code <= 47:
-                bg = code - 40
-            elif code in (38, 48) and codes[i + 1 : i + 2] == [5]:
-                value = codes[i + 2] if i + 2 < len(codes) else 0
-                fg, bg = (value, bg) if code == 38 else (fg, value)
-                i += 2
-            i += 1
-    return concealed or (fg is not None and fg == bg)
 
 
 HIDING = st.sampled_from(

@@ -5,41 +5,14 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, start_hal, tasks_json, tasks_now
-from tests.cli.test_adopt import wait_until
-from tests.cli.test_failures import wait_for_status
-from tests.cli.test_secrets import CAPTURED_CLAUDE
+from tests.support.adoption import _fake_claude, _pausing_claude, wait_until
+from tests.support.cli import wait_for_status
+from tests.support.hal import Hal, events_of, start_hal, tasks_json, tasks_now
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
-
-
-def _pausing_claude(hal_env: dict[str, str], demo_repo: Path) -> None:
-    """A claude preset replaying a captured run: three records, a pause until `go`, the rest."""
-    _fake_claude(
-        hal_env,
-        demo_repo,
-        "#!/bin/sh\nhead -n 3 /workspace/claude-stream.jsonl\n"
-        "while [ ! -f /workspace/go ]; do sleep 0.1; done\n"
-        "tail -n +4 /workspace/claude-stream.jsonl\n",
-    )
-
-
-def _fake_claude(hal_env: dict[str, str], demo_repo: Path, script: str) -> None:
-    """The claude preset's command is ``script`` (committed with the captured run beside it,
-    ``/workspace/claude-stream.jsonl``)."""
-    (demo_repo / "claude-stream.jsonl").write_bytes(CAPTURED_CLAUDE.read_bytes())
-    path = demo_repo / "fake-claude"
-    path.write_text(script)
-    path.chmod(0o755)
-    subprocess.run(["git", "-C", str(demo_repo), "add", "."], check=True)
-    subprocess.run(["git", "-C", str(demo_repo), "commit", "-qm", "fake claude"], check=True)
-    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text('[agents.claude]\ncommand = "/workspace/fake-claude"\n')
 
 
 def test_adopted_run_emits_each_parsed_event_once(

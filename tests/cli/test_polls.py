@@ -8,8 +8,8 @@ import subprocess
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, daemon_tasks, tasks_json, tasks_now
 from tests.hive.serve_helpers import agent_now, agent_of
+from tests.support.hal import Hal, daemon_tasks, tasks_json, tasks_now
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

@@ -7,7 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, git, one_error_line
+from tests.support.hal import Hal, events_of, git, one_error_line
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

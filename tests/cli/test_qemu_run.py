@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
+from tests.support.hal import Hal, git, tasks_json
 
 pytestmark = [pytest.mark.qemu, pytest.mark.tmux, pytest.mark.timeout(300)]
 

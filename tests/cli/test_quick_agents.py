@@ -10,8 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
 from tests.cli.quick_agents import AGENTS, quick_agents_path
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap]
 
@@ -34,7 +34,7 @@ def test_the_agent_versions_tests_path_runs_no_installed_agent_cli(tmp_path: Pat
     """test_doctor.py's fake PATH: its claude and codex are the test's, aider is missing, and
     every other agent CLI is a stub (gemini and opencode from /usr/bin
     cost its two doctors ~12 s of CPU). Fails with the real CLIs back on that PATH."""
-    from tests.cli.test_doctor import fake_bin
+    from tests.support.cli import fake_bin
 
     path = fake_bin(tmp_path)
     for name in AGENTS:

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, daemon_tasks, events_of, git, tasks_json
 from tests.ray_cluster import RayCluster
+from tests.support.hal import Hal, daemon_tasks, events_of, git, tasks_json
 
 pytestmark = [pytest.mark.ray, pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow]
 

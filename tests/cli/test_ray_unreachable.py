@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.ray, pytest.mark.bwrap, pytest.mark.tmux]
 AGENT = "true {{prompt_file}}"

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
+from tests.support.hal import Hal, tasks_json
 
 
 @pytest.mark.parametrize("ref", ["-f", "--orphan=x", "--upload-pack=touch /tmp/hal-x"])

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, env_of, git
+from tests.support.hal import Hal, env_of, git
 
 from hal9999.providers.host import scratch
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, git, tasks_json
-from tests.cli.test_terminal import _run_in_terminal
+from tests.support.cli import _run_in_terminal
+from tests.support.hal import Hal, git, tasks_json
 
 from hal9999.tasks.reviewdiff import review_text
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 import pytest
-from tests.cli.test_entry import IMPORTED
+from tests.support.cli import IMPORTED
 
 from hal9999.cli.main import cli
 from hal9999.cli.run_argv import parse

@@ -11,65 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-RUN_AND_LIST = """
-import atexit, gc, json, runpy, sys
-atexit.register(lambda: None)  # the thin run then exits as usual, through the lines below
-loading = []  # collections while the config and the task service load (before any freeze)
-def seen(phase, info):
-    if phase == "start" and "hal9999.config" in sys.modules and not gc.get_freeze_count():
-        loading.append(info["generation"])
-gc.callbacks.append(seen)
-import tokenize
-parsed = []  # a builtin's text signature parsed (inspect -> tokenize), e.g. pydantic reading
-real_compile = tokenize._compile  # a default factory's signature: `list`'s cost ~1.3 ms
-tokenize._compile = lambda expr: parsed.append(1) or real_compile(expr)
-import re._compiler
-patterns = []  # every regex compiled from here on (`re` compiles a pattern's text once)
-real_re = re._compiler.compile
-re._compiler.compile = lambda pattern, flags=0: patterns.append(pattern) or real_re(pattern, flags)
-import typing
-forward = []  # hal modules whose body made a typing.ForwardRef: a compile() of its text each
-real_forward = typing.ForwardRef.__init__
-def counted(self, arg, *rest, **kw):
-    frame = sys._getframe(1)
-    while frame is not None and frame.f_code.co_name != "<module>":
-        frame = frame.f_back
-    name = frame.f_globals.get("__name__", "") if frame is not None else ""
-    if name.startswith("hal9999.") and name != "hal9999.__main__":
-        forward.append(name)
-    real_forward(self, arg, *rest, **kw)
-typing.ForwardRef.__init__ = counted
-sys.argv = ["hal", *sys.argv[1:]]
-try:
-    runpy.run_module("hal9999", run_name="__main__")
-except SystemExit as exc:
-    sys.stderr.write("\\nexit " + str(exc.code))
-sys.stderr.write("\\n" + json.dumps(sorted(sys.modules)))
-from pydantic import BaseModel
-built = sorted(
-    f"{name}.{value.__name__}"
-    for name, module in list(sys.modules.items()) if name.startswith("hal9999")
-    for value in list(vars(module).values())
-    if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == name
-    and value.__pydantic_complete__
-)
-events = sys.modules.get("hal9999.events.models")  # none in a thin run
-union = events.EVENT_ADAPTER.pydantic_complete if events is not None else None
-# Classes @dataclass made (its parameters in the class's own namespace: it compiled their
-# methods), not plain subclasses of one, which inherit its fields and compile nothing.
-dataclasses = sorted(
-    f"{name}.{value.__name__}"
-    for name, module in list(sys.modules.items()) if name.startswith("hal9999")
-    for value in list(vars(module).values())
-    if isinstance(value, type) and "__dataclass_params__" in vars(value)
-    and value.__module__ == name
-)
-found = {"built": built, "union": union, "collections": loading, "tokenized": len(parsed),
-         "dataclasses": dataclasses, "forward": forward,
-         "patterns": [repr(p) for p in patterns]}
-sys.stderr.write("\\n" + json.dumps(found))
-"""
+from tests.support.cli import RUN_AND_LIST
 
 STATUS_ORDER = """
 import sys

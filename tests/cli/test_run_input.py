@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
+from tests.support.hal import Hal
 
 from hal9999.cli.crash import internal_error
 from hal9999.tasks.session import Session

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.cli.conftest import Hal, events_of, git
+from tests.support.hal import Hal, events_of, git
 
 
 def test_a_warning_of_the_run_is_printed_once_on_stderr(

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.process.test_tmux_prestart import servers
+from tests.support.process import servers
 
 from hal9999.process.tmuxearly import SOCKET_DIR
 

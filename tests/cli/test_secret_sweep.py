@@ -10,7 +10,6 @@ import signal
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
 from tests.cli.sweep_helpers import (
     CAP,
     CRED,
@@ -26,6 +25,7 @@ from tests.cli.sweep_helpers import (
     repo_text,
     run_watched,
 )
+from tests.support.hal import Hal, tasks_json
 
 from hal9999.gateway.channel import GatewayPaths, gateway_pid
 

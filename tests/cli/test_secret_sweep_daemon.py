@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.cli.conftest import Hal, tasks_json
 from tests.cli.sweep_helpers import (
     CAP,
     CRED,
@@ -32,6 +31,7 @@ from tests.cli.sweep_helpers import (
     run_watched,
 )
 from tests.dashboard.conftest import credential_in
+from tests.support.hal import Hal, tasks_json
 
 from hal9999.dashboard.auth import SESSION_HEADER, login_url
 from hal9999.gateway.channel import GatewayPaths, gateway_pid

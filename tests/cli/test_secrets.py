@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, one_error_line, tasks_json
-from tests.cli.test_daemon import poll, wait_status
+from tests.support.cli import CAPTURED_CLAUDE, _fake_claude
+from tests.support.daemon import poll, wait_status
+from tests.support.hal import Hal, events_of, one_error_line, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -117,22 +118,6 @@ def test_missing_forwarded_variable_is_a_clear_error(hal: Hal) -> None:
     assert out.returncode == 8
     assert "NOT_SET_ANYWHERE_123 is not set" in out.stderr
     assert tasks_json(hal) == []
-
-
-CAPTURED_CLAUDE = Path(__file__).parents[1] / "agents" / "captured" / "claude" / "stdout.jsonl"
-
-
-def _fake_claude(hal_env: dict[str, str], demo_repo: Path) -> None:
-    """The claude preset runs a script that replays a captured stream-json run."""
-    (demo_repo / "claude-stream.jsonl").write_bytes(CAPTURED_CLAUDE.read_bytes())
-    script = demo_repo / "fake-claude"
-    script.write_text("#!/bin/sh\ncat /workspace/claude-stream.jsonl\n")
-    script.chmod(0o755)
-    subprocess.run(["git", "-C", str(demo_repo), "add", "."], check=True)
-    subprocess.run(["git", "-C", str(demo_repo), "commit", "-qm", "fake claude"], check=True)
-    config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
-    config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text('[agents.claude]\ncommand = "/workspace/fake-claude"\n')
 
 
 def _captured_result() -> dict[str, object]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tests.cli.conftest import Hal
+from tests.support.hal import Hal
 
 from hal9999.cli import serve
 

@@ -5,19 +5,18 @@ answers, and prints byte for byte what the full path prints."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import subprocess
 import sys
 import typing
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
-from tests.cli.test_entry import IMPORTED
-from tests.tasks.test_recovery import make_task
+from tests.support.cli import IMPORTED
+from tests.support.hal import Hal
+from tests.support.tasks import make_task
+from tests.support.thin import FULL, HEAVY, _env, _hal, _plain
 
 from hal9999.cli import task_doc
 from hal9999.cli.echo import _finite
@@ -28,9 +27,6 @@ from hal9999.home import DB_NAME
 from hal9999.store import Store
 from hal9999.store.records import _ENV_NAME, RepoKind, TaskRecord
 
-HEAVY = {"click", "pydantic", "pydantic_core"}
-FULL = {"HAL_LOG_LEVEL": "WARNING"}
-"""A variable only the full config reads: it sends ``hal`` down the full path."""
 KINDS = {
     str: task_doc.STR, str | None: task_doc.OPT_STR, float: task_doc.FLOAT,
     float | None: task_doc.OPT_FLOAT, int: task_doc.INT, int | None: task_doc.OPT_INT,
@@ -101,72 +97,6 @@ def test_the_json_text_is_emit_jsons(data: object) -> None:
     assert task_doc.json_text(data) == json.dumps(
         _finite(data), indent=2, default=str, allow_nan=False
     )
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HAL_", "XDG_"))}
-    env.update(HAL_HOME=str(home), HOME=str(home.parent / "user"), HAL_PROVIDER="bwrap")
-    return env | extra
-
-
-def _hal(home: Path, *args: str, **extra: str) -> tuple[subprocess.CompletedProcess[str], set[str]]:
-    """A real ``hal ARGS`` and every module it imported."""
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORTED, *args], env=_env(home, **extra), cwd=home.parent / "here",
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    *said, modules = done.stderr.splitlines()
-    done.stderr = "\n".join(said)
-    return done, {name.split(".")[0] for name in json.loads(modules)}
-
-
-def _plain(home: Path, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-    """A real ``hal ARGS``, its status as it exits."""
-    return subprocess.run(
-        [sys.executable, "-m", "hal9999", *args], env=_env(home, **extra),
-        cwd=home.parent / "here", capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-
-
-@pytest.fixture
-def runner() -> Iterator[int]:
-    """A live "hal" process, the runner of the store's active tasks."""
-    live = subprocess.Popen(["hal-live-runner", "60"], executable="/bin/sleep")
-    yield live.pid
-    live.kill()
-    live.wait()
-
-
-@pytest.fixture
-def home(tmp_path: Path, runner: int) -> Path:
-    """A store with a task in every state, nulls and set fields, lists, unicode, control
-    characters, a huge prompt, a non-finite cost and odd floats."""
-    home = tmp_path / "home"
-    (tmp_path / "here").mkdir()
-    with Store.open(home) as store:
-        for n, status in enumerate(TASK_STATES):
-            active = status in ("provisioning", "preparing", "running", "collecting")
-            store.insert_task(make_task(home, f"t{n:07d}", status, created_at=1_000.0 + n / 3,
-                                        runner_pid=runner if active else None))  # fmt: skip
-        store.insert_task(make_task(
-            home, "full0001", "succeeded", created_at=5_000.123456789,
-            prompt="é ✓ \x1b[2J 🚀\n" * 3,
-            ref="main", base_commit="a" * 40, started_at=5_001.5, finished_at=5_002.0,
-            exit_code=0, error_code="agent_failed", error_message="line\nline\u2028\"q\"",
-            sandbox_id="sb1", runner_pid=runner, agent_session_id="s-1", timeout_s=3600.0,
-            input_tokens=12,
-            output_tokens=2**40, cost_usd=0.1 + 0.2, files_changed=3, env_keys=["A", "_B1"],
-            resumes=2, priority=-5, providers=["bwrap", "qemu", "ünï"], retries=1,
-            agent_retries=1, infra_retries=0, not_before=1e20, repo_kind="url",
-            repo="https://example.invalid/r.git",
-        ))  # fmt: skip
-        store.insert_task(make_task(home, "huge0001", "failed", created_at=6_000.0,
-                                    prompt="x" * 1_000_000, cost_usd=1e-7))  # fmt: skip
-    with sqlite3.connect(home / DB_NAME) as conn:  # what only an older hal may have written
-        conn.execute("UPDATE tasks SET cost_usd = ? WHERE id = 'huge0001'", (float("inf"),))
-        conn.execute("UPDATE tasks SET timeout_s = 7 WHERE id = 't0000001'")
-    conn.close()
-    return home
 
 
 @pytest.mark.parametrize("form", FORMS)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 from tests.cli.closed_stdout import closed_and_broken
-from tests.cli.test_entry import IMPORTED
-from tests.tasks.test_recovery import make_task
+from tests.support.cli import IMPORTED
+from tests.support.tasks import make_task
 
 from hal9999.store import Store
 

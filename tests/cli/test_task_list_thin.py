@@ -12,8 +12,8 @@ from pathlib import Path
 
 import click
 import pytest
-from tests.cli.test_entry import IMPORTED
-from tests.tasks.test_recovery import make_task
+from tests.support.cli import IMPORTED
+from tests.support.tasks import make_task
 
 from hal9999.cli.lazy import TASK_COMMANDS
 from hal9999.cli.task_list import ACTIVE_STATES, FINAL_STATES, TASK_STATES, thin_home, thin_rows

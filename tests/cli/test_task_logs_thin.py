@@ -10,12 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
-from tests.cli.test_entry import IMPORTED
-from tests.cli.test_task_json_thin import FULL, HEAVY, _env, _hal
-from tests.cli.test_task_json_thin import home as home  # a fixture
-from tests.cli.test_task_json_thin import runner as runner  # a fixture
-from tests.tasks.test_recovery import make_task
+from tests.support.cli import IMPORTED
+from tests.support.hal import Hal
+from tests.support.tasks import make_task
+from tests.support.thin import FULL, HEAVY, _env, _hal
 
 from hal9999.cli.task import logs
 from hal9999.cli.task_logs import CHUNK, IN_FLIGHT, LOG_NAME, logs_args

@@ -7,9 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tests.cli.test_task_json_thin import FULL, HEAVY, _hal, _plain
-from tests.cli.test_task_json_thin import home as home  # a fixture
-from tests.cli.test_task_json_thin import runner as runner  # a fixture
+from tests.support.thin import FULL, HEAVY, _hal, _plain
 
 from hal9999.cli.output import sanitize
 from hal9999.cli.task_control import show

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, events_of, tasks_json
-from tests.cli.test_daemon import daemon  # noqa: F401  (the fixture)
-from tests.cli.test_secrets import _fake_claude
+from tests.support.cli import _fake_claude, _run_in_terminal
+from tests.support.hal import Hal, events_of, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -117,36 +116,6 @@ def test_offline_api_agent_is_named_before_it_starts(hal: Hal, hal_env: dict[str
     out = hal("run", "--agent", "claude", "x", env=env)
     [warning] = [line for line in out.stderr.splitlines() if line.startswith("hal: warning: agent")]
     assert "calls an LLM API" in warning and 'network = "host"' in warning, warning
-
-
-def _run_in_terminal(args: list[str], env: dict[str, str], cwd: Path) -> str:
-    """Run hal with a pseudo-terminal as stdout; return what the terminal received."""
-    master, slave = pty.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hal9999", *args],
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=slave,
-        stderr=subprocess.PIPE,
-    )
-    os.close(slave)
-    chunks: list[bytes] = []
-    while True:
-        ready, _, _ = select.select([master], [], [], 60)
-        if not ready:
-            break
-        try:
-            data = os.read(master, 65536)
-        except OSError:  # EIO: the other side closed
-            break
-        if not data:
-            break
-        chunks.append(data)
-    os.close(master)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err.decode()
-    return b"".join(chunks).decode()
 
 
 def test_terminal_shows_rendered_events_raw_and_jsonl_on_request(
@@ -281,7 +250,7 @@ def test_a_style_the_agent_leaves_set_hides_nothing_hal_prints_after(
 ) -> None:
     # Colours pass, and so did a conceal (ESC[8m) the agent left set at its end: the run's
     # summary ("status failed") was printed invisible after the agent's own fake line.
-    from tests.cli.test_output import _hidden_at_end
+    from tests.support.cli import _hidden_at_end
 
     agent = "sh -c 'printf \"status    succeeded\\033[8m\\033[30;40m\\n\"; exit 3'"
     for args in (["run", "--agent", agent, "x"], ["run", "--raw", "--agent", agent, "x"]):

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, tasks_json
-from tests.cli.test_crash_sweep_daemon import killed_daemon, succeeds_after_a_restart
 from tests.pm2_home import end, new_home
+from tests.support.crash import killed_daemon, succeeds_after_a_restart
+from tests.support.hal import Hal, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -66,6 +66,6 @@ def test_a_run_killed_after_its_supervisor_took_the_mark_is_carried_on(
 
 
 def git_main(repo: Path) -> str:
-    from tests.cli.conftest import git
+    from tests.support.hal import git
 
     return git(repo, "rev-parse", "main")

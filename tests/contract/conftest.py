@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from tests.cli.conftest import git
 from tests.llm_server.scripts import CALC_BUG
 from tests.processes import pointing_into
+from tests.support.hal import git
 
 if TYPE_CHECKING:
     from hal9999.cli.app import App

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.cli.conftest import one_error_line
 from tests.contract.conftest import TaskPath
+from tests.support.hal import one_error_line
 
 from hal9999.agents.base import AgentSettings
 from hal9999.config import AgentConfig

@@ -4,8 +4,8 @@ the contract suite (and the check that each path and provider of the harness run
 from __future__ import annotations
 
 import pytest
-from tests.cli.conftest import git
 from tests.contract.conftest import PROVIDERS, TaskPath
+from tests.support.hal import git
 
 pytestmark = [pytest.mark.timeout(300)]
 

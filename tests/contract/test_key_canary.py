@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import git
 from tests.contract.conftest import TaskPath
 from tests.e2e.conftest import files_containing, requires_cli
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
+from tests.support.hal import git
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
 

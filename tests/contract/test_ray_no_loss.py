@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from tests.contract.conftest import TaskPath
-from tests.contract.test_no_loss import stopped_work_is_whole
+from tests.support.no_loss import stopped_work_is_whole
 
 pytestmark = [pytest.mark.ray, pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow,
               pytest.mark.timeout(420)]  # fmt: skip

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from tests.dashboard.conftest import Served
-from tests.dashboard.test_pages_fake import HOSTILE, quiet
+from tests.support.dashboard import HOSTILE, quiet
 
 from hal9999.dashboard.auth import login_url
 
@@ -153,7 +153,7 @@ def test_hive_page_and_overview_at_phone_width(
 def test_notified_when_an_approval_or_question_arrives_or_an_agent_crashes(
     browser: Any, fake_dashboard: Dashboard, shot: Any
 ) -> None:
-    from tests.dashboard.test_pages_fake import FAKE_NOTIFICATION
+    from tests.support.dashboard import FAKE_NOTIFICATION
 
     served, api, home = fake_dashboard
     context = browser.new_context()
@@ -212,7 +212,7 @@ def test_an_update_keeps_what_is_being_typed(browser: Any, fake_dashboard: Dashb
 def test_hive_events_come_on_the_one_stream_and_resume_without_dup_or_gap(
     browser: Any, fake_dashboard: Dashboard, shot: Any
 ) -> None:
-    from tests.dashboard.test_pages_fake import FAKE_NOTIFICATION
+    from tests.support.dashboard import FAKE_NOTIFICATION
 
     served, api, home = fake_dashboard
     context = browser.new_context()

@@ -15,8 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.cli.conftest import BUGGY_CALC, commit_repo, git, private_env
 from tests.dashboard.conftest import credential_in
+from tests.support.hal import BUGGY_CALC, commit_repo, git, private_env
 
 from hal9999.dashboard.auth import SESSION_HEADER
 

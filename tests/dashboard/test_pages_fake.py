@@ -10,34 +10,13 @@ from typing import Any
 import pytest
 from tests.dashboard.conftest import Served
 from tests.dashboard.fake_api import task
+from tests.support.dashboard import FAKE_NOTIFICATION, HOSTILE, open_logged_in, quiet
 
 from hal9999.dashboard.auth import login_url
 
 pytestmark = pytest.mark.browser
 
 Dashboard = tuple[Served, Any, Path]
-
-HOSTILE = [
-    "<script>window.__pwned = 'script'</script>",
-    "<img src=x onerror=\"window.__pwned='img'\">",
-    "<a href=\"javascript:window.__pwned='link'\">click me</a>",
-    "<svg onload=\"window.__pwned='svg'\"></svg>",
-    "\x1b]8;;javascript:window.__pwned='osc8'\x1b\\osc link\x1b]8;;\x1b\\",
-]
-"""Payloads planted in agent output, file names, prompts and tool calls."""
-
-
-def open_logged_in(browser: Any, served: Served, home: Path, **context: Any) -> Any:
-    page = browser.new_context(**context).new_page()
-    page.on(
-        "dialog",
-        lambda d: (
-            setattr(page, "dialogs", [*getattr(page, "dialogs", []), d.message]),
-            d.dismiss(),
-        ),
-    )
-    page.goto(login_url(home, served.base))
-    return page
 
 
 def live_task_page(browser: Any, fake_dashboard: Dashboard) -> tuple[Any, Any]:
@@ -48,15 +27,6 @@ def live_task_page(browser: Any, fake_dashboard: Dashboard) -> tuple[Any, Any]:
     page.goto(served.base + "/tasks/t1")
     page.wait_for_selector("#live-state[data-state='live']")
     return page, api
-
-
-def quiet(api: Any) -> None:
-    """Wait until the page has sent no request to the fake API for a second: the reads
-    the events started have all come in."""
-    settled, seen = 0, -1
-    while settled < 5:
-        time.sleep(0.2)
-        settled, seen = (settled + 1, seen) if len(api.calls) == seen else (0, len(api.calls))
 
 
 def test_login_link_opens_the_overview(browser: Any, fake_dashboard: Dashboard, shot: Any) -> None:
@@ -138,17 +108,6 @@ def test_live_events_update_the_overview_and_the_title(
     api.emit(task_id="t1", type="task_end", status="succeeded")
     page.wait_for_selector("tr[data-task='t1'] .badge-succeeded", timeout=5000)
     shot(page)
-
-
-FAKE_NOTIFICATION = """
-window.__notes = [];
-window.Notification = class {
-  constructor(title, options) { window.__notes.push([title, (options || {}).body || ""]); }
-  static get permission() { return window.__granted ? "granted" : "default"; }
-  static requestPermission() { window.__granted = true; return Promise.resolve("granted"); }
-};
-"""
-"""Records the notifications the page shows (the real ones need a desktop)."""
 
 
 def test_notifications_are_opt_in_and_come_when_a_task_ends(

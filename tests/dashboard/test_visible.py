@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tests.dashboard.conftest import Served
 from tests.dashboard.fake_api import task
-from tests.dashboard.test_pages_fake import open_logged_in
+from tests.support.dashboard import open_logged_in
 
 from hal9999.cli.task_table import SPELLED_OUT
 from hal9999.dashboard.app import static_dir

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import git
 from tests.llm_server.scripts import CALC_BUG
 from tests.llm_server.server import ScriptedLLMServer
+from tests.support.hal import git
 
 KEY_VAR = "E2E_LLM_API_KEY"
 """The host variable holding the dummy key; the config names it in ``api_key_env``."""

@@ -12,13 +12,10 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Output, Phase
 from hal9999.events.reader import read_events
 from hal9999.store import Store
-from hal9999.store import sqlite as sqlite_store
 
 WRITER = textwrap.dedent(
     """
@@ -136,15 +133,12 @@ def test_index_rows_without_lines_are_dropped_on_open(tmp_path: Path) -> None:
         assert (again.seq, again.gseq) == (2, 4)  # numbers are never handed out twice
 
 
-def test_a_background_writer_never_waits_for_the_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_background_writer_never_waits_for_the_database(tmp_path: Path) -> None:
     import sqlite3
 
     # A wait for the lock would last an hour: emits that return within the (generous) bound
     # below, while the lock is held, did not wait for the database.
-    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 3600.0)
-    with Store(tmp_path / "hal.db") as store:
+    with Store(tmp_path / "hal.db", busy_timeout_s=3600.0) as store:
         log = EventLog(tmp_path / "e.jsonl", "t", store=store, background=True)
         other = sqlite3.connect(tmp_path / "hal.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock

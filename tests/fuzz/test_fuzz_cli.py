@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.cli.conftest import AGENT, BUGGY_CALC, commit_repo, git, private_env
 from tests.processes import processes_under
+from tests.support.hal import AGENT, BUGGY_CALC, commit_repo, git, private_env
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 

@@ -23,8 +23,8 @@ import click
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-from tests.cli.conftest import commit_repo
-from tests.tasks.test_recovery import DEAD_PID, make_task
+from tests.support.hal import commit_repo
+from tests.support.tasks import DEAD_PID, make_task
 
 from hal9999.cli.main import cli
 from hal9999.store import Store

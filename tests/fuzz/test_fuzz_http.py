@@ -18,7 +18,7 @@ from urllib.parse import quote, urlencode
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tests.cli.conftest import AGENT, BUGGY_CALC, commit_repo, private_env
+from tests.support.hal import AGENT, BUGGY_CALC, commit_repo, private_env
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from tests.e2e.conftest import KEY_VAR, HalCli, git
-from tests.gateway.test_restart import gateway_pid
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import gateway_pid
 
 from hal9999.gateway.channel import GatewayPaths
 

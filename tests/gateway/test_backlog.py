@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.gateway.test_forwarder import GATEWAY, RUNNERS, _connect, _read_all
+from tests.support.gateway import GATEWAY, RUNNERS, _connect, _read_all
 
 from hal9999.gateway import door, forwarder
 from hal9999.gateway import server as gateway_server

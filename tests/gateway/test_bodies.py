@@ -8,16 +8,14 @@ from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import HalCli
-from tests.gateway.test_proxy import KEY, call, client, gateway, grant_for, upstream
-from tests.gateway.test_runs import use_caller
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import KEY, call, client, grant_for, use_caller
 
 from hal9999.agents.registry import resolve_agent
 from hal9999.config import GatewayConfig, HalConfig
 from hal9999.gateway.proxy import Gateway
 from hal9999.gateway.tasks import route_for
 
-__all__ = ["gateway", "upstream"]
 CANARY = "canary-secret-7f3a9c2e5b1d"
 
 

@@ -16,14 +16,10 @@ from pathlib import Path
 from typing import cast
 
 import pytest
-from tests.gateway import test_proxy
-from tests.gateway.test_proxy import call, client, grant_for
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import call, client, grant_for
 
 from hal9999.gateway.proxy import Gateway
-
-gateway = test_proxy.gateway  # the fixtures these tests take
-upstream = test_proxy.upstream
 
 
 async def test_a_silent_connection_is_closed_after_its_time_to_send_a_request(

@@ -6,19 +6,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import ipaddress
 import logging
 import socket
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from tests.ula_host import UlaHost, missing, ula_host
+from tests.support.gateway import connect
+from tests.ula_host import UlaHost
 
 from hal9999.events.models import EgressDenied, Event
 from hal9999.gateway import egress as egress_module
 from hal9999.gateway.channel import Grant, new_token
-from hal9999.gateway.egress import EgressProxy, allowed
+from hal9999.gateway.egress import allowed
 from hal9999.gateway.proxy import Gateway
 from hal9999.gateway.refusal import REFUSALS_PER_MINUTE
 from hal9999.gateway.tasks import GatewayUsage
@@ -35,56 +34,6 @@ def test_allow_list_rules() -> None:
     assert not allowed("evilpythonhosted.org", 443, rules)
     assert allowed("git.example", 22, rules) and not allowed("git.example", 443, rules)
     assert not allowed("pypi.org.evil.example", 443, rules)
-
-
-def host_address(family: socket.AddressFamily = socket.AF_INET) -> str | None:
-    """A non-loopback, non-link-local address of this machine (IPv4, or IPv6 with
-    ``socket.AF_INET6``), if it has one: the route to a documentation address picks it."""
-    probe = socket.socket(family, socket.SOCK_DGRAM)
-    try:  # no packet is sent: connect only picks the route
-        probe.connect(("192.0.2.123" if family == socket.AF_INET else "2001:db8::123", 9))
-        address = str(probe.getsockname()[0])
-    except OSError:
-        return None
-    finally:
-        probe.close()
-    ip = ipaddress.ip_address(address)
-    return None if ip.is_loopback or ip.is_link_local else address
-
-
-@pytest.fixture
-def ula() -> Iterator[UlaHost]:
-    """A host the proxy may tunnel to: this host's own addresses are refused (local.py)."""
-    if (why := missing()) is not None:
-        pytest.skip(why)
-    with ula_host() as host:
-        yield host
-
-
-@pytest.fixture
-async def egress(tmp_path: Path, sock_dir: Path) -> AsyncIterator[tuple[Gateway, str]]:
-    store = Store.open(tmp_path / "home")
-    gateway = Gateway(store)
-    sock = str(sock_dir / "egress.sock")
-    server = await asyncio.start_unix_server(EgressProxy(gateway).serve_connection, path=sock)
-    async with server:
-        yield gateway, sock
-    await gateway.drain()
-    await gateway.aclose()
-    store.close()
-
-
-async def connect(
-    sock: str, target: str, token: str | None
-) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
-    reader, writer = await asyncio.open_unix_connection(sock)
-    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n"
-    if token is not None:
-        auth = base64.b64encode(f"hal:{token}".encode()).decode()
-        head += f"Proxy-Authorization: Basic {auth}\r\n"
-    writer.write((head + "\r\n").encode())
-    status = await reader.readuntil(b"\r\n\r\n")
-    return status, reader, writer
 
 
 async def test_denied_hosts_are_refused_and_recorded(egress: tuple[Gateway, str]) -> None:

@@ -10,7 +10,7 @@ import ipaddress
 import socket
 
 import pytest
-from tests.gateway.test_egress import connect, egress, host_address, ula  # noqa: F401
+from tests.support.gateway import connect, host_address
 from tests.ula_host import UlaHost
 
 from hal9999.allowlist import allowed, intersect
@@ -30,7 +30,7 @@ def own_addresses() -> list[str]:
 
 @pytest.mark.parametrize("kind", ["ipv4", "ipv4-mapped", "ipv6"])
 async def test_an_allowed_name_on_the_hosts_own_address_is_refused_and_recorded(
-    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch, kind: str  # noqa: F811
+    egress: tuple[Gateway, str], monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
     four, six = host_address(), host_address(socket.AF_INET6)
     address = {"ipv4": four, "ipv6": six, "ipv4-mapped": four and f"::ffff:{four}"}[kind]
@@ -68,7 +68,7 @@ async def test_an_allowed_name_on_the_hosts_own_address_is_refused_and_recorded(
 
 
 async def test_a_host_in_a_namespace_of_the_test_is_reached(
-    egress: tuple[Gateway, str], ula: UlaHost  # noqa: F811
+    egress: tuple[Gateway, str], ula: UlaHost
 ) -> None:
     gateway, sock = egress
 
@@ -87,7 +87,7 @@ async def test_a_host_in_a_namespace_of_the_test_is_reached(
     assert gateway.store.gateway_requests("t1") == []
 
 
-def test_the_kernel_judges_local_addresses(ula: UlaHost) -> None:  # noqa: F811
+def test_the_kernel_judges_local_addresses(ula: UlaHost) -> None:
     for address in [*own_addresses(), "127.0.0.1", "::1", ula.address[:-1] + "1"]:
         ip = ipaddress.ip_address(address)
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:

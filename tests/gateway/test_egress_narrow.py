@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.gateway.test_egress import connect, egress
+from tests.support.gateway import connect
 
 from hal9999.agents.registry import resolve_agent
 from hal9999.allowlist import allowed, intersect
@@ -16,8 +16,6 @@ from hal9999.events.models import EgressDenied, Event
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.proxy import Gateway
 from hal9999.gateway.tasks import GatewayUsage, route_for, save_budget
-
-__all__ = ["egress"]  # the proxy fixture, shared with test_egress
 
 
 def test_intersection_keeps_only_hosts_both_lists_allow() -> None:

@@ -16,15 +16,14 @@ from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-from tests.gateway.test_proxy import KEY, call, client, gateway
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
+from tests.support.gateway import KEY, call, client
 
 from hal9999.gateway import relay
 from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.proxy import Gateway
 
-__all__ = ["gateway"]
 pytestmark = pytest.mark.timeout(120)
 
 LATENCY_S = 2.0

@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-
-import hal9999.gateway
-
-GATEWAY = Path(hal9999.gateway.__file__).parent
-RUNNERS = {"py": [sys.executable, "-I", "-S"], "pl": ["perl"]}
+from tests.support.gateway import GATEWAY, RUNNERS, _connect, _read_all
 
 
 @pytest.mark.parametrize("kind", ["py", "pl"])
@@ -62,16 +57,6 @@ def test_forwarder_carries_bytes_both_ways_and_ends_with_its_launcher(
             time.sleep(0.2)
 
 
-def _connect(port: int) -> socket.socket:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=10)
-        except OSError:
-            assert time.monotonic() < deadline, "the forwarder never listened"
-            time.sleep(0.05)
-
-
 def _serving(path: str) -> bool:
     """Whether a process with ``path`` in its argv (the forwarder) is alive."""
     needle = path.encode() + b"\0"
@@ -87,8 +72,3 @@ def _serving(path: str) -> bool:
     return False
 
 
-def _read_all(conn: socket.socket) -> bytes:
-    data = b""
-    while chunk := conn.recv(65536):
-        data += chunk
-    return data

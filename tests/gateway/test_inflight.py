@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.gateway.test_proxy import call, client, gateway, grant_for, upstream
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import call, client, grant_for
 
 from hal9999.config import load_config
 from hal9999.errors import ConfigError
@@ -21,7 +21,6 @@ from hal9999.gateway.model import Unreadable, read_model
 from hal9999.gateway.prices import dearer
 from hal9999.gateway.proxy import Gateway
 
-__all__ = ["gateway", "upstream"]
 CALL_TOKENS = 23
 """What one call of the fake upstream spends (11 in, 7 out, 5 cache reads)."""
 CALL_COST = (11 * 3 + 7 * 15 + 5 * 0.3) / 1e6

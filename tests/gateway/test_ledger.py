@@ -14,18 +14,15 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.gateway.test_proxy import KEY, call, client, gateway, grant_for, upstream
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import KEY, call, client, grant_for
 
 from hal9999 import agentfs
 from hal9999.gateway import ledger as ledger_module
 from hal9999.gateway.ledger import Ledger
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
-from hal9999.store import sqlite as sqlite_store
 from hal9999.store.gateway import GatewayRequest
-
-__all__ = ["gateway", "upstream"]
 
 
 def row(n: int) -> GatewayRequest:
@@ -81,13 +78,10 @@ async def test_a_call_at_a_time_commits_on_the_loop_without_a_thread_hop(tmp_pat
         store.close()
 
 
-async def test_a_locked_store_never_holds_up_the_loop(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_locked_store_never_holds_up_the_loop(tmp_path: Path) -> None:
     # A wait for the lock would last an hour; only the watchdog (after a generous 60 s) would
     # end it, and say so: the loop that got past its sleep first never waited for the lock.
-    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 3600.0)
-    store = Store.open(tmp_path / "home")
+    store = Store.open(tmp_path / "home", busy_timeout_s=3600.0)
     ledger = Ledger(store)
     other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
     released: list[bool] = []

@@ -9,12 +9,11 @@ import gzip
 import json
 
 import pytest
-from tests.gateway.test_proxy import call, client, gateway, grant_for, upstream
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import call, client, grant_for
 
 from hal9999.gateway.proxy import Gateway
 
-__all__ = ["gateway", "upstream"]
 ALLOWED, OTHER = "claude-haiku-4-5", "claude-opus-4-1"
 JSON = "application/json"
 

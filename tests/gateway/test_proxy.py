@@ -7,54 +7,14 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import KEY, call, client, grant_for
 
-from hal9999.gateway.channel import Grant, new_token
 from hal9999.gateway.proxy import Gateway
-from hal9999.store import Store
-
-KEY = "sk-real-key-0123456789abcdef"
-
-
-@pytest.fixture
-def upstream() -> Iterator[StormUpstream]:
-    with StormUpstream() as server:
-        yield server
-
-
-@pytest.fixture
-async def gateway(tmp_path: Path, sock_dir: Path) -> AsyncIterator[tuple[Gateway, str]]:
-    store = Store.open(tmp_path / "home")
-    gw = Gateway(store)
-    sock = str(sock_dir / "llm.sock")
-    server = await asyncio.start_unix_server(gw.serve_connection, path=sock)
-    async with server:
-        yield gw, sock
-    await gw.drain()
-    await gw.aclose()
-    store.close()
-
-
-def grant_for(upstream: StormUpstream, task_id: str = "t1", **fields: Any) -> Grant:
-    return Grant(task_id=task_id, token=new_token(), upstream=upstream.url, key=KEY, **fields)
-
-
-def client(sock: str) -> httpx.AsyncClient:
-    transport = httpx.AsyncHTTPTransport(uds=sock)
-    return httpx.AsyncClient(transport=transport, base_url="http://gw", timeout=60)
-
-
-async def call(
-    http: httpx.AsyncClient, token: str, *, model: str = "claude-sonnet-4-5", stream: bool = False
-) -> httpx.Response:
-    body = {"model": model, "max_tokens": 10, "stream": stream, "messages": []}
-    return await http.post("/v1/messages", json=body, headers={"x-api-key": token})
 
 
 async def test_token_is_swapped_for_the_key_and_usage_recorded(
@@ -398,7 +358,7 @@ async def test_a_refused_models_name_is_stored_short_and_listed_sanitised(
 ) -> None:
     # A refused call's row kept the model name the agent sent: a megabyte per call into the
     # store (refusals spend no budget), and escape sequences for `hal task requests`.
-    from tests.store.test_store import make_task
+    from tests.support.store import make_task
 
     gw, sock = gateway
     gw.store.insert_task(make_task("t1", status="running"))

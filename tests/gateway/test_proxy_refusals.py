@@ -10,16 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.gateway import test_proxy
-from tests.gateway.test_proxy import KEY, call, client, grant_for
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import KEY, call, client, grant_for
 
 from hal9999.gateway import ledger, proxy, refusal
 from hal9999.gateway.proxy import Gateway
 from hal9999.store import Store
-
-gateway = test_proxy.gateway  # the same fixtures: a gateway over a fresh store
-upstream = test_proxy.upstream
 
 
 async def test_an_agent_looping_on_a_refusal_is_throttled_and_stored_a_bounded_number_of_times(

@@ -3,8 +3,6 @@ committed before the agent has its answer), so the new gateway refuses at the ri
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import signal
 from collections.abc import Iterator
@@ -13,9 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import gateway_pid
 
 from hal9999.gateway.channel import GatewayPaths, Grant, new_token, register, unregister
-from hal9999.gateway.forwarder import connect_unix
 from hal9999.store import Store
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -26,16 +24,6 @@ KEY = "sk-real-key-restart-0123456789"
 def upstream() -> Iterator[StormUpstream]:
     with StormUpstream() as server:
         yield server
-
-
-async def gateway_pid(paths: GatewayPaths) -> int:
-    """The running gateway's pid, from its control socket (of any depth: a test's home)."""
-    sock = await connect_unix(str(paths.control))
-    reader, writer = await asyncio.open_unix_connection(sock=sock)
-    writer.write(b'{"op": "ping"}\n')
-    answer = json.loads(await reader.readline())
-    writer.close()
-    return int(answer["pid"])
 
 
 async def call(paths: GatewayPaths, token: str) -> int:

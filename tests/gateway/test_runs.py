@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.e2e.conftest import KEY_VAR, HalCli, files_containing, git
+from tests.e2e.conftest import HalCli, files_containing, git
 from tests.gateway.upstream import StormUpstream
+from tests.support.gateway import use_caller
 from tests.ula_host import missing, ula_host
 
 from hal9999.gateway.channel import GatewayPaths
@@ -24,7 +25,6 @@ from hal9999.gateway.proxy import MAX_CALLS
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(240)]
 
-CALLER = Path(__file__).with_name("caller_agent.py")
 EGRESS_AGENT = Path(__file__).with_name("egress_agent.py")
 TUNNEL_FLOOD = Path(__file__).with_name("tunnel_flood_agent.py")
 CALLS_FLOOD = Path(__file__).with_name("calls_flood_agent.py")
@@ -34,21 +34,6 @@ CALLS_FLOOD = Path(__file__).with_name("calls_flood_agent.py")
 def upstream() -> Iterator[StormUpstream]:
     with StormUpstream() as server:
         yield server
-
-
-def use_caller(hal: HalCli, repo: Path, upstream: StormUpstream, gateway: str = "") -> None:
-    """Commit the caller agent into the repo and make it the claude preset's program."""
-    shutil.copy(CALLER, repo / "caller.py")
-    (repo / "caller.py").chmod(0o755)
-    git(repo, "add", "caller.py")
-    git(repo, "commit", "-qm", "caller agent")
-    hal.config_file.parent.mkdir(parents=True, exist_ok=True)
-    hal.config_file.write_text(
-        "[agents.claude]\n"
-        'command = "/workspace/caller.py"\n'
-        f'base_url = "{upstream.url}"\n'
-        f'api_key_env = "{KEY_VAR}"\n' + gateway
-    )
 
 
 def test_budget_ends_the_task_and_keeps_its_work(

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.gateway.test_proxy import KEY
-from tests.store.test_store import make_task
+from tests.support.gateway import KEY
+from tests.support.store import make_task
 
 from hal9999.gateway import server as gateway_server
 from hal9999.gateway.channel import GatewayPaths, Grant, new_token

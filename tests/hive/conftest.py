@@ -10,8 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from tests.cli.conftest import private_env
+from tests.hive.serve_helpers import commit_agent
+from tests.support.hal import private_env
+from tests.support.hive import AGENT, FakeTasks, World
 
+from hal9999.hive.mcp.server import McpHub
+from hal9999.hive.mcp.tools import Hive
+from hal9999.hive.store import AgentRecord, insert_agent
 from hal9999.store import Store
 
 if TYPE_CHECKING:
@@ -120,5 +125,32 @@ async def hub(tmp_path: Path) -> AsyncIterator[McpHub]:
     store = Store.open(tmp_path / "home")
     hub = McpHub(Hive(store=store, home=tmp_path / "home"))
     yield hub
+    await hub.close_all()
+    store.close()
+
+
+@pytest.fixture
+def hive_repo(demo_repo: Path) -> Path:
+    """The demo repository with the agent script committed."""
+    commit_agent(demo_repo, AGENT)
+    return demo_repo
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    home = tmp_path / "home"
+    store = Store.open(home)
+    now = time.time()
+    for name, kind in (("alpha", "agent"), ("beta", "agent"), ("boss", "manager")):
+        record = AgentRecord(
+            name=name, agent="claude", provider="bwrap", repo=str(tmp_path), kind=kind,
+            created_at=now, updated_at=now,
+        )  # fmt: skip
+        insert_agent(store, record)
+    fake = FakeTasks()
+    hub = McpHub(Hive(store=store, home=home, tasks=fake))
+    await hub.sync()
+    socks = {name: hub.paths.socket(name) for name in hub.served}
+    yield World(store, hub, fake, socks)
     await hub.close_all()
     store.close()

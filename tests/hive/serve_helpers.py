@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import Hal, env_of, git
 from tests.e2e.conftest import KEY_VAR
 from tests.llm_server.server import ScriptedLLMServer
+from tests.support.hal import Hal, env_of, git
 
 REAL_CLI_S = 300.0
 """How long to wait for a turn that a real agent CLI takes (it starts its own runtime)."""

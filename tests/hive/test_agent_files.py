@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal
 from tests.hive.conftest import make_agent
 from tests.hive.serve_helpers import (
     agent_now,
@@ -23,6 +22,7 @@ from tests.hive.serve_helpers import (
     stop_daemon,
     write_config,
 )
+from tests.support.hal import Hal
 
 from hal9999.config import HalConfig
 from hal9999.events.log import EventLog

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import tests.e2e.conftest as e2e
 from tests.e2e.conftest import HalCli, requires_cli
-from tests.e2e.test_real_agents import AGENTS, point_at_server
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.scripts import CALC_BUG, PROMPT, fix_bug_script
 from tests.llm_server.server import ScriptedLLMServer
+from tests.support.real_agents import AGENTS, point_at_server
 
 from hal9999.providers.bwrap.args import WORKDIR
 

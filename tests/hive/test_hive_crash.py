@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal
 from tests.hive import serve_helpers
 from tests.hive.serve_helpers import agent_of, as_json, commit_agent
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(240)]
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -18,17 +17,17 @@ from typing import Any
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal, git
 from tests.hive import serve_helpers
 from tests.hive.serve_helpers import (
     agent_now,
     agent_of,
     as_json,
-    commit_agent,
     stop_daemon,
     turns_done,
     write_config,
 )
+from tests.support.hal import Hal, git
+from tests.support.hive import PRESET, SLEEP
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -36,31 +35,8 @@ pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 demo_repo, hal_env, hal = cli_fixtures.demo_repo, cli_fixtures.hal_env, cli_fixtures.hal
 reaped = cli_fixtures.reaped
 
-# The agent's long sleep has a duration of this run's own, so the tests kill exactly their
-# sleepers (never another test's or a user's `sleep 300`).
-SLEEP = f"300.{secrets.randbelow(10**6):06d}"
-AGENT = f"""#!/bin/sh
-# A hive agent: records every prompt it gets, and misbehaves when told to.
-cat "$1" >> seen.txt
-if grep -q "please crash" "$1" && [ ! -e crashed-once ]; then
-  touch crashed-once
-  exec sleep {SLEEP}
-fi
-if grep -q "always crash" "$1"; then exec sleep {SLEEP}; fi
-if grep -q "take your time" "$1"; then sleep 4; fi
-echo "done: $(grep -c . "$1") lines"
-"""
-PRESET = "sh agent.sh {{prompt_file}}"
-
 
 poll = partial(serve_helpers.poll, timeout=45)
-
-
-@pytest.fixture
-def hive_repo(demo_repo: Path) -> Path:
-    """The demo repository with the agent script committed."""
-    commit_agent(demo_repo, AGENT)
-    return demo_repo
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal, events_of
 from tests.hive.serve_helpers import agent_of, as_json, poll, turns_done
-from tests.hive.test_hive_daemon import PRESET, hive_repo  # noqa: F401 - hive_repo: a fixture
+from tests.support.hal import Hal, events_of
+from tests.support.hive import PRESET
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 
@@ -24,7 +24,7 @@ reaped = cli_fixtures.reaped
 
 
 @pytest.fixture
-def serve(hal: Hal, hal_env: dict[str, str], hive_repo: Path) -> Iterator[Hal]:  # noqa: F811
+def serve(hal: Hal, hal_env: dict[str, str], hive_repo: Path) -> Iterator[Hal]:
     config = Path(hal_env["XDG_CONFIG_HOME"]) / "hal9999" / "config.toml"
     config.parent.mkdir(parents=True, exist_ok=True)
     # Returned sandboxes are destroyed, so only a held one can serve a second turn.
@@ -54,7 +54,7 @@ def turn(hal: Hal, name: str, text: str, count: int) -> dict[str, Any]:
 
 
 def test_a_warm_agent_keeps_one_sandbox_and_releases_it(
-    serve: Hal, hive_repo: Path  # noqa: F811
+    serve: Hal, hive_repo: Path
 ) -> None:
     hal = serve
     spawn(hal, hive_repo, "alice", "--keep-warm", "--warm-idle", "1h")
@@ -94,7 +94,7 @@ def test_a_warm_agent_keeps_one_sandbox_and_releases_it(
 
 
 def test_kill_9_of_the_daemon_leaves_no_orphan_and_the_next_turn_works(
-    serve: Hal, hal_env: dict[str, str], hive_repo: Path, reaped: None  # noqa: F811
+    serve: Hal, hal_env: dict[str, str], hive_repo: Path, reaped: None
 ) -> None:
     hal = serve
     spawn(hal, hive_repo, "erin", "--keep-warm", "--warm-idle", "1h")

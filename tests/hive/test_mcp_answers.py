@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from tests.hive.mcp_client import connect
-from tests.hive.test_mcp_tools import World, world  # noqa: F401 (the fixture)
+from tests.support.hive import World
 
 from hal9999.hive import broker
 from hal9999.hive.mcp import tools
@@ -24,7 +24,7 @@ async def _answer(client: Any, tool: str, **arguments: Any) -> tuple[int, dict[s
 
 
 async def test_an_answer_is_cut_to_a_bounded_size_and_the_rest_comes_on_the_next_call(
-    world: World, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An answer waits in the daemon until the agent reads it, and an agent has up to 128
     # calls in flight: inbox answers of 50 messages of 64 KiB of control characters (six

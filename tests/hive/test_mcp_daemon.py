@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from mcp import Client
 from tests.cli import conftest as cli
-from tests.cli.conftest import Hal
-from tests.cli.test_daemon import poll
 from tests.hive.mcp_client import call, connect
+from tests.support.daemon import poll
+from tests.support.hal import Hal
 
 from hal9999.hive import broker
 from hal9999.hive.mcp.channel import McpPaths

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal, events_of, git
 from tests.hive.mcp_client import INIT, READY, tool_call
 from tests.hive.serve_helpers import as_json, poll, turns_done
+from tests.support.hal import Hal, events_of, git
 
 from hal9999.hive.mcp.channel import LAUNCH
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal
 from tests.e2e.conftest import KEY_VAR, requires_cli
 from tests.hive.serve_helpers import (
     claude_config,
@@ -28,6 +27,7 @@ from tests.hive.serve_helpers import (
 )
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
+from tests.support.hal import Hal
 
 from hal9999.hive.questions import list_questions
 from hal9999.store import Store

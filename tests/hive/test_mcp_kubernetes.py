@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal
 from tests.e2e.conftest import requires_cli
 from tests.hive.serve_helpers import (
     as_json,
@@ -27,6 +26,7 @@ from tests.hive.serve_helpers import (
 )
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(600)]
 

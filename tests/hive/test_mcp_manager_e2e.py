@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal
 from tests.e2e.conftest import requires_cli
 from tests.hive import serve_helpers
 from tests.hive.serve_helpers import (
@@ -24,6 +23,7 @@ from tests.hive.serve_helpers import (
 from tests.hive.serve_helpers import poll_real_cli as poll
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(720)]
 

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal, git
 from tests.e2e.conftest import requires_cli
 from tests.hive import serve_helpers
 from tests.hive.serve_helpers import claude_config, serve_offline, stop_daemon, turns_done
 from tests.hive.serve_helpers import poll_real_cli as poll
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
+from tests.support.hal import Hal, git
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(900)]
 

@@ -10,9 +10,7 @@ from typing import Any
 
 import pytest
 from tests.hive.mcp_client import call, connect
-from tests.hive.test_mcp_tools import World, _git_repo, world
-
-__all__ = ["world"]  # the fixture, shared with test_mcp_tools
+from tests.support.hive import World, _git_repo
 
 
 async def test_a_refused_ref_says_nothing_of_what_it_names(world: World, tmp_path: Path) -> None:

@@ -6,80 +6,23 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 from tests.hive.mcp_client import call, connect
+from tests.support.hive import World, _git_repo
 
 from hal9999.config import HalConfig
 from hal9999.hive import broker, stats
 from hal9999.hive.agents import AgentDir, set_state
 from hal9999.hive.mcp import tools
-from hal9999.hive.mcp.server import McpHub
 from hal9999.hive.mcp.tools import Hive
 from hal9999.hive.settings import HiveSettings, hive_settings
 from hal9999.hive.store import AgentRecord, insert_agent
 from hal9999.hive.turns import HiveLoop
-from hal9999.store import Store, TaskRecord
-from hal9999.tasks.request import RunRequest
-
-
-@dataclass
-class FakeTasks:
-    """Records sub-task requests; tasks stay as the test sets them."""
-
-    created: list[RunRequest] = field(default_factory=list)
-    records: dict[str, TaskRecord] = field(default_factory=dict)
-
-    async def create(self, request: RunRequest) -> TaskRecord:
-        task_id = f"t{len(self.created):07d}"
-        self.created.append(request)
-        record = TaskRecord(
-            id=task_id, prompt=request.prompt, agent=request.agent, provider=request.provider,
-            process_manager="tmux", repo=str(request.repo), repo_kind="local",
-            branch=f"hal/{task_id}", status="queued", created_at=time.time(),
-            session_dir=f"/nonexistent/{task_id}",
-        )  # fmt: skip
-        self.records[task_id] = record
-        return record
-
-    async def get(self, task_id: str) -> TaskRecord:
-        return self.records[task_id]
-
-    async def shown_patch(self, task: TaskRecord, text: str) -> str:
-        return text
-
-
-@dataclass
-class World:
-    store: Store
-    hub: McpHub
-    tasks: FakeTasks
-    socks: dict[str, Path]
-
-
-@pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    home = tmp_path / "home"
-    store = Store.open(home)
-    now = time.time()
-    for name, kind in (("alpha", "agent"), ("beta", "agent"), ("boss", "manager")):
-        record = AgentRecord(
-            name=name, agent="claude", provider="bwrap", repo=str(tmp_path), kind=kind,
-            created_at=now, updated_at=now,
-        )  # fmt: skip
-        insert_agent(store, record)
-    fake = FakeTasks()
-    hub = McpHub(Hive(store=store, home=home, tasks=fake))
-    await hub.sync()
-    socks = {name: hub.paths.socket(name) for name in hub.served}
-    yield World(store, hub, fake, socks)
-    await hub.close_all()
-    store.close()
+from hal9999.store import Store
 
 
 async def test_send_is_from_the_socket_agent_and_inbox_reads_it(world: World) -> None:
@@ -184,29 +127,6 @@ async def test_two_calls_at_once_never_take_the_same_message(
     async with connect(world.socks["beta"]) as beta:
         answers = await asyncio.gather(call(beta, "inbox"), call(beta, "inbox"))
     assert [m["body"] for _, answer in answers for m in answer["messages"]] == ["once"]
-
-
-def _git_repo(path: Path, *branches: str) -> dict[str, str]:
-    """``path`` made a repository: a commit on main, then one more on each of ``branches``
-    (each from main); the commit of each branch, by name."""
-    import subprocess
-
-    def git(*args: str) -> str:
-        run = subprocess.run(
-            ["git", "-C", str(path), "-c", "user.name=t", "-c", "user.email=t@localhost", *args],
-            check=True, capture_output=True, text=True,
-        )  # fmt: skip
-        return run.stdout.strip()
-
-    git("init", "-q", "-b", "main")
-    git("commit", "-q", "--allow-empty", "-m", "base")
-    heads = {"main": git("rev-parse", "HEAD")}
-    for branch in branches:
-        git("checkout", "-q", "-b", branch, "main")
-        git("commit", "-q", "--allow-empty", "-m", f"work of {branch}")
-        heads[branch] = git("rev-parse", "HEAD")
-    git("checkout", "-q", "main")
-    return heads
 
 
 async def test_sub_tasks_belong_to_the_agent_that_started_them(

@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import private_env
 from tests.conftest import LeftNothing
 from tests.hive.conftest import make_agent
+from tests.support.hal import private_env
 
 from hal9999.errors import HiveError
 from hal9999.hive import broker

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import private_env
 from tests.conftest import LeftNothing
 from tests.hive.conftest import local_hal, make_agent
+from tests.support.hal import private_env
 
 from hal9999.hive import broker, questions, reminders
 from hal9999.hive.store import update_agent

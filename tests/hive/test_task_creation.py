@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.server.test_api_create import runs_dispatched_at
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import trivial_request
+from tests.support.server import runs_dispatched_at
+from tests.support.tasks import git_repo, trivial_request
 
 from hal9999.config import HalConfig
 from hal9999.hive import stats

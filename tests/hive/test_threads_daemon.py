@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import tests.cli.conftest as cli_fixtures
-from tests.cli.conftest import Hal, git
 from tests.hive.serve_helpers import as_json, commit_agent, poll, stop_daemon, turns_done
+from tests.support.hal import Hal, git
 
 from hal9999.hive import approvals, questions
 from hal9999.store import Store

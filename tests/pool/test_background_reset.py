@@ -7,58 +7,11 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from tests.support.pool import make, spec_of
 
-from hal9999.pool import ProviderSettings, SlotDir, WarmPool, lending
-from hal9999.providers.base import Sandbox
-from hal9999.providers.fake.provider import FakeProvider
-from hal9999.spec import Bind, SandboxSpec
+from hal9999.pool import lending
 from hal9999.store import Store
 from hal9999.tasks.sandboxes import PoolSource
-
-
-class GatedReset(FakeProvider):
-    """The fake provider, whose resets wait for :attr:`gate` (and are counted)."""
-
-    def __init__(self, state_dir: Path) -> None:
-        super().__init__(state_dir=state_dir)
-        self.gate = asyncio.Event()
-        self.resets = 0
-        self.destroyed: list[str] = []
-
-    async def reset(self, sandbox_id: str) -> Sandbox:
-        await self.gate.wait()
-        self.resets += 1
-        return await super().reset(sandbox_id)
-
-    async def destroy(self, sandbox_id: str) -> None:
-        self.destroyed.append(sandbox_id)
-        await super().destroy(sandbox_id)
-
-
-def spec_of(root: Path, n: int) -> SandboxSpec:
-    session = root / f"s{n}"
-    for name in ("workspace", "home"):
-        (session / name).mkdir(parents=True, exist_ok=True)
-    return SandboxSpec(
-        provider="fake",
-        workspace=session / "workspace",
-        binds=(Bind(source=session / "home", target="/home/hal", read_only=False),),
-        labels={"hal.task": f"t{n}"},
-    )
-
-
-def make(
-    tmp_path: Path, store: Store | None = None, *, max_size: int = 1
-) -> tuple[GatedReset, WarmPool]:
-    provider = GatedReset(tmp_path / "state")
-    settings = ProviderSettings.model_validate({"max_size": max_size})
-    pool = WarmPool(
-        providers=lambda name: provider,
-        settings=lambda name: settings,
-        slots=SlotDir(tmp_path / "slots"),
-        store=store,
-    )
-    return provider, pool
 
 
 async def test_a_run_returns_its_sandbox_before_the_reset_and_none_claims_it_meanwhile(

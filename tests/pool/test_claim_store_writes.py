@@ -10,7 +10,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from tests.pool.test_background_reset import make, spec_of
+from tests.support.pool import make, spec_of
 
 from hal9999.store import Store
 from hal9999.store.sandboxrow import SandboxRow

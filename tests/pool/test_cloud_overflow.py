@@ -11,9 +11,8 @@ from typing import Any
 
 import pytest
 from tests.fakes.do_api import FakeDigitalOcean
-from tests.pool.test_mixed_pool import PooledService
-from tests.tasks.test_recovery import make_task
-from tests.tasks.test_scheduler import until
+from tests.support.pool import PooledService
+from tests.support.tasks import make_task, until
 
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.pool.settings import SchedulerSettings

@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.sshd import Sshd
-from tests.tasks.test_recovery import make_task
-from tests.tasks.test_scheduler import ScriptedService, until
+from tests.support.pool import PooledService
+from tests.support.tasks import make_task, until
 
 from hal9999.config import HalConfig
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.pool.settings import SchedulerSettings, provider_settings
 from hal9999.providers.base import Provider
 from hal9999.providers.registry import load_provider
-from hal9999.spec import SandboxSpec, ShellCommand
-from hal9999.store import Store, TaskRecord
+from hal9999.store import Store
 from hal9999.tasks.scheduler import Scheduler
 
 pytestmark = [
@@ -31,37 +29,6 @@ pytestmark = [
     pytest.mark.usefixtures("ssh_connections_closed"),
 ]
 ORDER = ["bwrap", "docker", "ssh"]
-
-
-class PooledService(ScriptedService):
-    """Each run claims a real sandbox of its placed provider from the pool, runs a command in
-    its workspace, holds it until released, and gives it back."""
-
-    def __init__(self, store: Store, pool: WarmPool, providers: dict[str, Provider]) -> None:
-        super().__init__(store)
-        self.pool = pool
-        self.providers = providers
-        self.ran_on: dict[str, tuple[str, str]] = {}
-        """Task id -> (provider, sandbox id) seen from inside."""
-
-    async def run(self, task_id: str, **_: Any) -> TaskRecord:
-        self.started.append(task_id)
-        task = self.store.update_task(task_id, status="running")
-        network = (
-            "none" if "none" in self.providers[task.provider].capabilities.network_modes else "host"
-        )
-        spec = SandboxSpec(
-            provider=task.provider, network=network, workspace=Path(task.session_dir) / "workspace"
-        )
-        lease = await self.pool.claim(spec, task_id=task_id, timeout=120)
-        try:
-            out = await lease.sandbox.exec(ShellCommand(script="echo $HAL_SANDBOX | tee ran-here"))
-            assert out.ok, out
-            self.ran_on[task_id] = (lease.sandbox.provider, out.text().strip())
-            await self.gate(task_id).wait()
-        finally:
-            await self.pool.release(lease)
-        return self.store.update_task(task_id, status="succeeded")
 
 
 async def test_twelve_tasks_spread_over_three_providers_in_order(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.pool import dig
 
 from hal9999.errors import ConfigError, ProviderError, ProviderUnavailable
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
@@ -142,19 +143,6 @@ def test_a_fresh_dir_holds_only_dirs(tmp_path: Path) -> None:
     (tmp_path / "a" / "b" / "l").symlink_to(tmp_path)
     assert not scratch.holds_no_files(tmp_path / "a")
     assert not scratch.holds_no_files(tmp_path / "missing")
-
-
-def dig(top: Path, depth: int) -> int:
-    """Make ``top`` and a chain of ``depth`` directories ``d`` under it (deeper than any path
-    the kernel resolves whole); an open descriptor of the deepest, the caller's to close."""
-    top.mkdir()
-    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
-    for _ in range(depth):
-        os.mkdir("d", dir_fd=fd)
-        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
-        os.close(fd)
-        fd = child
-    return fd
 
 
 def test_remove_tree_takes_apart_a_tree_deeper_than_any_stack(tmp_path: Path) -> None:

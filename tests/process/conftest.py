@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.support.process import servers
 
 from hal9999.process.base import ProcessManager
 from hal9999.process.direct import DirectProcessManager
-from hal9999.process.tmux import TmuxProcessManager
+from hal9999.process.tmux import TmuxProcessManager, share_server, unshare_server
 from hal9999.providers.base import Sandbox
 from hal9999.providers.local import LocalProvider
 from hal9999.spec import SandboxSpec
@@ -32,3 +34,16 @@ def manager(request: pytest.FixtureRequest) -> ProcessManager:
     """The managers whose supervisor is hal's own (tmux, direct), in turn; a test file
     that tries others (test_managers, test_pm2_inside) has its own."""
     return TmuxProcessManager() if request.param == "tmux" else DirectProcessManager()
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Path]:
+    """A daemon's runtime dir with its shared server; the server killed at the end."""
+    run = tmp_path / "home" / "run"
+    socket = await share_server(run)
+    assert socket is not None
+    yield run
+    await unshare_server(run)
+    for pid in servers(socket):
+        os.kill(pid, 9)
+    socket.unlink(missing_ok=True)

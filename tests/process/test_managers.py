@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from tests.pm2_home import pm2_manager
+from tests.support.process import SETS_TITLE, TITLE, _pane_title, _status_line, spec_for, wait_exit
 
 from hal9999 import procs
 from hal9999.process.base import ProcessManager
@@ -40,28 +41,6 @@ async def manager(request: pytest.FixtureRequest) -> AsyncIterator[ProcessManage
             yield pm2
     else:
         yield DirectProcessManager()
-
-
-def spec_for(tmp_path: Path, command: ArgvCommand | ShellCommand) -> ProcessSpec:
-    """A process spec logging under ``tmp_path``."""
-    return ProcessSpec(
-        name="hal-test",
-        command=command,
-        log_path=tmp_path / "run" / "out.log",
-        exit_path=tmp_path / "run" / "exit",
-    )
-
-
-async def wait_exit(manager: ProcessManager, spec: ProcessSpec, timeout: float = 20) -> int:
-    """Poll until the process has exited; return its status."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = await manager.status(spec)
-        if status.state == "exited":
-            assert status.exit_code is not None
-            return status.exit_code
-        await asyncio.sleep(0.05)
-    raise AssertionError("process did not exit")
 
 
 def test_registry_lists_builtins() -> None:
@@ -223,21 +202,6 @@ async def test_tmux_session_never_passes_the_clipboard_escape(
         await manager.stop(spec)
 
 
-TITLE = "hal: run succeeded"
-SETS_TITLE = f"printf '\\033]2;{TITLE}\\033\\\\'; sleep 5"
-"""A pane command that sets the pane's title (OSC 2), as any agent may."""
-
-
-def _status_line(socket: Path | str, target: str) -> str:
-    """The status line of an attached client, expanded (its left and right parts)."""
-    shown = subprocess.run(
-        ["tmux", "-S", str(socket), "display-message", "-p", "-t", target,
-         "#{T:status-left}#{T:status-right}"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return shown.stdout
-
-
 @pytest.mark.tmux
 async def test_the_agents_pane_title_never_reaches_the_status_line(
     sandbox: Sandbox, tmp_path: Path
@@ -256,12 +220,6 @@ async def test_the_agents_pane_title_never_reaches_the_status_line(
         assert TITLE not in _status_line(socket, _session(socket))
     finally:
         await manager.stop(spec)
-
-
-def _pane_title(socket: Path | str) -> str:
-    """The titles of the server's panes ("" while it is not up)."""
-    argv = ["tmux", "-S", str(socket), "list-panes", "-a", "-F", "#{pane_title}"]
-    return subprocess.run(argv, capture_output=True, text=True, check=False).stdout
 
 
 def _session(socket: Path | str) -> str:

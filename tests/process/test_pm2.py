@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from tests.pm2_home import pm2_manager
+from tests.support.pm2 import failing_runs, runs, spec_for
 
 from hal9999.errors import ProcessError
 from hal9999.process import launch
@@ -21,7 +22,7 @@ from hal9999.process.base import ProcessStatus
 from hal9999.process.pm2 import Pm2ProcessManager, last_lines
 from hal9999.providers.base import Sandbox
 from hal9999.providers.registry import load_provider
-from hal9999.spec import ArgvCommand, ProcessSpec, RestartPolicy, SandboxSpec, ShellCommand
+from hal9999.spec import ArgvCommand, RestartPolicy, SandboxSpec
 
 pytestmark = [pytest.mark.pm2, pytest.mark.timeout(120)]
 
@@ -30,37 +31,6 @@ pytestmark = [pytest.mark.pm2, pytest.mark.timeout(120)]
 async def pm2() -> AsyncIterator[Pm2ProcessManager]:
     async with pm2_manager() as manager:
         yield manager
-
-
-def spec_for(tmp_path: Path, script: str, restart: RestartPolicy | None = None) -> ProcessSpec:
-    return ProcessSpec(
-        name="hal-pm2",
-        command=ShellCommand(script=script),
-        restart=restart or RestartPolicy(),
-        log_path=tmp_path / "run" / "out.log",
-        exit_path=tmp_path / "run" / "exit",
-    )
-
-
-def failing_runs(tmp_path: Path, seconds: float) -> tuple[Path, ProcessSpec]:
-    """A spec whose every run adds a line to the returned counter file, sleeps ``seconds``
-    and fails (exit 3), restarted on failure once."""
-    counter = tmp_path / "runs"
-    spec = spec_for(
-        tmp_path, f"echo run >> {counter}; sleep {seconds:g}; exit 3",
-        RestartPolicy(mode="on-failure", max_restarts=1),
-    )  # fmt: skip
-    return counter, spec
-
-
-async def runs(counter: Path, want: int, timeout: float = 20) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        seen = len(counter.read_text().splitlines()) if counter.exists() else 0
-        if seen >= want:
-            return seen
-        await asyncio.sleep(0.1)
-    return len(counter.read_text().splitlines()) if counter.exists() else 0
 
 
 async def test_restart_policy_comes_from_the_spec(

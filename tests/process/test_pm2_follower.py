@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.process.test_managers import spec_for
+from tests.support.process import spec_for
 
 from hal9999.process import pm2inside
 from hal9999.spec import ShellCommand

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from tests.pm2_home import pm2_manager
-from tests.process.test_managers import spec_for, wait_exit
+from tests.support.process import spec_for, wait_exit
 
 from hal9999.process.pm2 import Pm2ProcessManager
 from hal9999.process.pm2inside import HOME

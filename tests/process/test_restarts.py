@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.process.test_pm2 import failing_runs, runs, spec_for
+from tests.support.pm2 import failing_runs, runs, spec_for
 
 from hal9999.process.base import ProcessManager, ProcessStatus
 from hal9999.providers.base import Sandbox

@@ -10,45 +10,23 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.process.test_managers import spec_for
+from tests.support.process import spec_for, supervisor_pid
 
 from hal9999 import procs
 from hal9999.process.base import ProcessManager
-from hal9999.process.direct import DirectProcessManager
 from hal9999.providers.base import Sandbox
 from hal9999.providers.host.exec import dies_with_helper
-from hal9999.spec import ProcessSpec, ShellCommand
+from hal9999.spec import ShellCommand
 
 pytestmark = pytest.mark.skipif(
     dies_with_helper() is None, reason="needs the static launcher (scripts/setup.sh)"
 )
 
 
-def supervisor_of(log: Path) -> int | None:
-    """The pid of the supervisor writing ``log``."""
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ours = any(b"process.supervisor" in arg for arg in argv[:5]) and b"--log" in argv
-        if ours and argv[argv.index(b"--log") + 1] == str(log).encode():
-            return int(pid)
-    return None
-
-
 async def until(check: object, seconds: float = 20) -> None:
     deadline = time.monotonic() + seconds
     while not check() and time.monotonic() < deadline:  # type: ignore[operator]
         await asyncio.sleep(0.05)
-
-
-def supervisor_pid(manager: ProcessManager, spec: ProcessSpec) -> int | None:
-    """The run's supervisor: exec'd (tmux, a process's first direct run) or forked by the
-    fork server (its later ones), whose command line is the server's."""
-    if isinstance(manager, DirectProcessManager):
-        return manager._pid(spec)
-    return supervisor_of(spec.log_path)
 
 
 async def test_the_command_dies_with_its_killed_supervisor(

@@ -14,10 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.process.test_managers import spec_for, wait_exit
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import trivial_request
-from tests.tasks.test_recovery import pooled_service
+from tests.support.process import _reads, servers, spec_for, wait_exit
+from tests.support.tasks import git_repo, pooled_service, trivial_request
 
 from hal9999.errors import RepoError
 from hal9999.process import tmux as tmux_module
@@ -32,40 +30,11 @@ from hal9999.tasks.context import process_spec
 from hal9999.tasks.session import Session
 
 
-def servers(socket: Path) -> list[int]:
-    """The tmux servers of ``socket`` (a server keeps the argv of the client that forked
-    it, which names the socket), whether or not the socket file is still there.
-
-    A pane's process the server has forked and not yet exec'd has the server's name and argv
-    too (on a loaded host for some milliseconds): one whose parent is such a server is not
-    counted."""
-    found: dict[int, int] = {}  # pid -> parent's pid
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        if comm == "tmux: server" and str(socket).encode() in argv:
-            found[int(pid)] = int(stat.rpartition(")")[2].split()[1])
-    return [pid for pid, parent in found.items() if parent not in found]
-
-
 async def gone(socket: Path, timeout: float = 10) -> bool:
     deadline = time.monotonic() + timeout
     while servers(socket) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return not servers(socket)
-
-
-def _reads(pid: int, fifo: Path) -> bool:
-    """Whether process ``pid`` has ``fifo`` open (it waits on it)."""
-    try:
-        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(fifo)
-                   for fd in os.listdir(f"/proc/{pid}/fd"))  # fmt: skip
-    except OSError:
-        return False
 
 
 def marking(tmp_path: Path, script: str = "") -> tuple[ProcessSpec, Path]:

@@ -8,42 +8,17 @@ import asyncio
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.process.test_managers import wait_exit
-from tests.process.test_tmux_prestart import servers
+from tests.support.process import run_spec, servers, wait_exit
 
 from hal9999 import procs
 from hal9999.process import tmux as tmux_module
-from hal9999.process.tmux import TmuxProcessManager, share_server, unshare_server
+from hal9999.process.tmux import TmuxProcessManager, unshare_server
 from hal9999.providers.base import Sandbox
-from hal9999.spec import ProcessSpec, ShellCommand
 
 pytestmark = pytest.mark.tmux
-
-
-@pytest.fixture
-async def runtime(tmp_path: Path) -> AsyncIterator[Path]:
-    """A daemon's runtime dir with its shared server; the server killed at the end."""
-    run = tmp_path / "home" / "run"
-    socket = await share_server(run)
-    assert socket is not None
-    yield run
-    await unshare_server(run)
-    for pid in servers(socket):
-        os.kill(pid, 9)
-    socket.unlink(missing_ok=True)
-
-
-def run_spec(tmp_path: Path, name: str, script: str) -> ProcessSpec:
-    return ProcessSpec(
-        name=name,
-        command=ShellCommand(script=script),
-        log_path=tmp_path / name / "out.log",
-        exit_path=tmp_path / name / "exit",
-    )
 
 
 async def test_runs_share_one_server_each_pane_its_own_environment(

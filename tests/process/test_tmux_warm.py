@@ -14,9 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.process.test_managers import wait_exit
-from tests.process.test_tmux_prestart import _reads, servers
-from tests.process.test_tmux_shared import run_spec, runtime  # noqa: F401 (a fixture)
+from tests.support.process import _reads, run_spec, servers, wait_exit
 
 from hal9999 import procs
 from hal9999.errors import ProcessError
@@ -29,7 +27,7 @@ from hal9999.providers.base import Sandbox
 pytestmark = pytest.mark.tmux
 
 
-async def warm_pane(runtime: Path) -> WarmPane:  # noqa: F811
+async def warm_pane(runtime: Path) -> WarmPane:
     """The idle warm pane of ``runtime``'s daemon, its supervisor started and waiting."""
     warm = tmux_module._WARM[runtime]
     warm.refill()
@@ -50,7 +48,7 @@ def session_names(socket: Path) -> list[str]:
 
 async def test_a_run_claims_a_warm_pane_and_starts_no_supervisor(
     tmp_path: Path,
-    runtime: Path,  # noqa: F811
+    runtime: Path,
     sandbox: Sandbox,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -96,7 +94,7 @@ async def test_a_run_claims_a_warm_pane_and_starts_no_supervisor(
 
 async def test_two_warm_runs_each_see_only_their_own_environment(
     tmp_path: Path,
-    runtime: Path,  # noqa: F811
+    runtime: Path,
     sandbox: Sandbox,
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
@@ -134,7 +132,7 @@ async def test_two_warm_runs_each_see_only_their_own_environment(
 
 async def test_a_claimed_pane_whose_go_never_comes_runs_nothing(
     tmp_path: Path,
-    runtime: Path,  # noqa: F811
+    runtime: Path,
     sandbox: Sandbox,
 ) -> None:
     manager = TmuxProcessManager(runtime_dir=runtime)
@@ -220,7 +218,7 @@ async def test_a_lazily_shared_server_starts_at_the_first_run(
 
 async def test_a_failed_hand_over_runs_the_command_once_in_the_runs_own_pane(
     tmp_path: Path,
-    runtime: Path,  # noqa: F811
+    runtime: Path,
     sandbox: Sandbox,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import docker.errors
 import pytest
+from tests.support.docker import docker_provider, docker_workspace
 
 from hal9999.errors import CapabilityError, ConfigError, ProviderError
 from hal9999.providers import limits
 from hal9999.providers.docker.provider import DockerProvider, container_name
 from hal9999.providers.host import totals
-from hal9999.providers.registry import load_provider
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
@@ -40,19 +40,13 @@ def sh(script: str) -> ShellCommand:
 
 @pytest.fixture
 async def provider(hal_home: Path) -> AsyncIterator[DockerProvider]:
-    made = load_provider("docker", state_dir=hal_home / "sandboxes" / "docker")
-    assert isinstance(made, DockerProvider)
-    yield made
-    for info in await made.list():  # a failed test leaves no container behind
-        await made.destroy(info.id)
+    async with docker_provider(hal_home) as made:
+        yield made
 
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "ws"
-    path.mkdir()
-    (path / "task.txt").write_text("task\n")
-    return path
+    return docker_workspace(tmp_path)
 
 
 async def test_a_hostile_agent_meets_the_boundary(

@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, demo_repo, hal, hal_env  # noqa: F401  (fixtures)
+from tests.cli.conftest import demo_repo, hal, hal_env  # noqa: F401  (fixtures)
+from tests.support.hal import Hal
 
 from hal9999.errors import DiskLimitExceeded
 from hal9999.providers import limits

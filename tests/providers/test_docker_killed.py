@@ -9,18 +9,30 @@ import contextlib
 import os
 import secrets
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.providers.test_docker import provider, workspace
+from tests.support.docker import docker_provider, docker_workspace
 
 import hal9999
 from hal9999.providers.docker.provider import LABEL, DockerProvider, container_name
 from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import SandboxSpec
 
-__all__ = ["provider", "workspace"]
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+async def provider(hal_home: Path) -> AsyncIterator[DockerProvider]:
+    async with docker_provider(hal_home) as made:
+        yield made
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    return docker_workspace(tmp_path)
+
 
 # `python -c KILLED POINT STATE_DIR WORKSPACE [SANDBOX]`: a create (or a reset of SANDBOX)
 # that SIGKILLs itself at POINT, printing the sandbox's id first. Patches made here, in

@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.providers.test_docker import provider
+from tests.support.docker import docker_provider
 
 from hal9999.providers.docker.provider import DockerProvider, container_name
 from hal9999.spec import SandboxSpec, ShellCommand
 
-__all__ = ["provider"]
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
+
+
+@pytest.fixture
+async def provider(hal_home: Path) -> AsyncIterator[DockerProvider]:
+    async with docker_provider(hal_home) as made:
+        yield made
+
 
 # Writers that hide from an exec's kill token (environment cleared, a session of their own),
 # one under a name with the stat file's separators in it.

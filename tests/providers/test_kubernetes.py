@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from tests.fakes.k8s_api import FakeKube, Fault
+from tests.support.kubernetes import make, spec
 
 from hal9999.errors import (
     CloudAuthError,
@@ -25,21 +26,9 @@ from hal9999.providers.k8s import provider as k8s_provider
 from hal9999.providers.k8s.api import is_conflict
 from hal9999.providers.k8s.manifests import CLAIM, OWNER, SANDBOX
 from hal9999.providers.k8s.provider import KubernetesProvider
-from hal9999.providers.registry import load_provider
-from hal9999.spec import ArgvCommand, Resources, SandboxSpec
+from hal9999.spec import ArgvCommand, Resources
 
 pytestmark = pytest.mark.bwrap
-
-
-def make(hal_home: Path, **settings: Any) -> KubernetesProvider:
-    found = load_provider("kubernetes", state_dir=hal_home / "sandboxes" / "kubernetes",
-                          settings={"poll_s": 0.02, "ready_timeout_s": 20} | settings)
-    assert isinstance(found, KubernetesProvider)
-    return found  # fmt: skip
-
-
-def spec(**fields: Any) -> SandboxSpec:
-    return SandboxSpec(**({"provider": "kubernetes", "network": "none"} | fields))
 
 
 def ns_pods(fake: FakeKube, provider: KubernetesProvider) -> list[dict[str, Any]]:

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, demo_repo, hal, reaped  # noqa: F401
-from tests.cli.test_daemon import poll, serve_info
+from tests.cli.conftest import demo_repo, hal, reaped  # noqa: F401
 from tests.fakes.k8s_api import FakeKube
+from tests.support.daemon import poll, serve_info
+from tests.support.hal import Hal
 
 from hal9999.providers.k8s.manifests import CLAIM
 

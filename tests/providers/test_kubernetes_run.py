@@ -10,22 +10,28 @@ from pathlib import Path
 import pytest
 from tests.e2e.conftest import HalCli, bug_repo, dummy_key, files_containing, hal_cli  # noqa: F401
 from tests.fakes.k8s_api import FakeKube
-from tests.gateway.test_sandboxes import run_bash_agent, upstream  # noqa: F401
 from tests.gateway.upstream import StormUpstream
-from tests.providers.test_ssh_run import AGENT, git, repo  # noqa: F401
-from tests.providers.test_ssh_run import hal as ssh_hal
+from tests.support.gateway import run_bash_agent
+from tests.support.hal import git
+from tests.support.ssh import calc_repo
+from tests.support.ssh import hal as ssh_hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.slow]
 
 
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return calc_repo(tmp_path)
+
+
 def hal(where: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """test_ssh_run's hal, with the fake's settings (HAL_K8S_*) passed on."""
+    """The ssh tests' ``hal``, with the fake's settings (HAL_K8S_*) passed on."""
     k8s = {k: v for k, v in os.environ.items() if k.startswith("HAL_K8S_")}
     return ssh_hal(where, tmp_path, *args, env=k8s | (env or {}))
 
 
 def test_hal_run_with_a_custom_agent_in_a_pod(
-    fake_k8s: FakeKube, repo: Path, tmp_path: Path  # noqa: F811
+    fake_k8s: FakeKube, repo: Path, tmp_path: Path
 ) -> None:
     secret = "tok-k8s-5eed"
     out = hal(
@@ -50,7 +56,7 @@ def test_a_pod_with_no_network_calls_the_model_and_egress_through_the_gateway(
     fake_k8s: FakeKube,
     hal_cli: HalCli,  # noqa: F811
     bug_repo: Path,  # noqa: F811
-    upstream: StormUpstream,  # noqa: F811
+    upstream: StormUpstream,
     dummy_key: str,  # noqa: F811
 ) -> None:
     """The gateway's sockets reach the pod over the exec stream (sockmux): the agent's

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.fakes.k8s_api import FakeKube
-from tests.providers.test_kubernetes import make, spec
+from tests.support.kubernetes import make, spec
 
 from hal9999.providers.k8s import sockmux
 from hal9999.providers.k8s.sandbox import KubeSandbox

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tests.fakes.k8s_api import FakeKube
 from tests.fakes.k8s_tls import TlsFiles, make_pki
-from tests.providers.test_kubernetes import make, spec
+from tests.support.kubernetes import make, spec
 
 from hal9999.errors import ConfigError, HalError
 from hal9999.spec import ArgvCommand

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.gateway.test_egress import host_address
 from tests.providers.qemu_helpers import (
     assert_nothing_left,
     box_fixture,  # noqa: F401  (the fixture box)
@@ -24,6 +23,7 @@ from tests.providers.qemu_helpers import (
     sh,
     vms_of,
 )
+from tests.support.gateway import host_address
 
 from hal9999.errors import ProviderError
 from hal9999.providers.qemu import agent as qemuagent

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.pool.test_reset import dig
+from tests.support.pool import dig
 
 from hal9999.providers.host import scratch
 from hal9999.providers.host import user as sandboxuser

@@ -13,27 +13,18 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from tests.sshd import Sshd
+from tests.support.ssh import ssh_provider
 
 from hal9999.errors import ConfigError, ExecError, HostKeyRejected, ProviderError
 from hal9999.providers.registry import load_provider
 from hal9999.providers.ssh.connections import connect
-from hal9999.providers.ssh.provider import SshProvider
 from hal9999.providers.ssh.sandbox import SshSandbox
 from hal9999.spec import ArgvCommand, SandboxSpec, ShellCommand
 
 pytestmark = [pytest.mark.ssh, pytest.mark.usefixtures("ssh_connections_closed")]
-
-
-def ssh_provider(server: Sshd, state: Path, **host: Any) -> SshProvider:
-    provider = load_provider(
-        "ssh", state_dir=state, settings={"hosts": [server.host_entry(**host)]}
-    )
-    assert isinstance(provider, SshProvider)
-    return provider
 
 
 async def test_one_connection_per_host_is_reused(
@@ -319,7 +310,7 @@ async def test_a_bare_agent_forging_the_pull_stream_writes_no_host_file(
     # Without bwrap the agent is the ssh user: its ~/.ssh/rc runs before every command and
     # writes ahead of the pull's tar, which may then be anything (here CVE-2025-4517's links
     # out of the tree, past the data filter of Python < 3.11.13, aimed at tmp_path).
-    from tests.providers.test_ssh_mirror import realpath_overflow
+    from tests.support.ssh import realpath_overflow
 
     settings = {"hosts": [sshd_server.host_entry()], "isolation": "none",
                 "allow_bare_shared_host": True}  # fmt: skip

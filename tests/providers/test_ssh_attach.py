@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.providers.test_ssh_run import toml_host
 from tests.sshd import Sshd
+from tests.support.ssh import toml_host
 
 from hal9999.providers.ssh import session
 from hal9999.providers.ssh.config import SshHost

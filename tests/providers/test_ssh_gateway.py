@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from tests.e2e.conftest import HalCli, bug_repo, dummy_key, files_containing, hal_cli  # noqa: F401
-from tests.gateway.test_sandboxes import AGENT, _echo_once, run_bash_agent, upstream  # noqa: F401
 from tests.gateway.upstream import StormUpstream
 from tests.sshd import Sshd
+from tests.support.gateway import run_bash_agent
 
 pytestmark = [pytest.mark.ssh, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -21,7 +21,7 @@ def test_an_ssh_task_calls_the_model_and_egress_through_the_gateway(
     sshd_server: Sshd,
     hal_cli: HalCli,  # noqa: F811
     bug_repo: Path,  # noqa: F811
-    upstream: StormUpstream,  # noqa: F811
+    upstream: StormUpstream,
     dummy_key: str,  # noqa: F811
 ) -> None:
     hal_cli.env["HAL_PROVIDER"] = "ssh"

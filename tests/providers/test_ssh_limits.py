@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.providers.test_ssh import ssh_provider
 from tests.sshd import Sshd
+from tests.support.ssh import ssh_provider
 
 from hal9999.errors import DiskLimitExceeded, ExecError, ProviderError
 from hal9999.providers import limits

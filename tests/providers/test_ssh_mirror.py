@@ -16,48 +16,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from tests.support.ssh import _add, realpath_overflow
 
 from hal9999 import agentfs
 from hal9999.errors import ExecError
 from hal9999.providers.base import StreamEvent
 from hal9999.providers.ssh import mirror
-
-STEPS = "abcdefghijklmnop"
-
-
-def _add(archive: tarfile.TarFile, name: str, *, kind: bytes = tarfile.REGTYPE,
-         link: str = "", data: bytes = b"") -> None:  # fmt: skip
-    member = tarfile.TarInfo(name)
-    member.type, member.linkname, member.mode = kind, link, 0o755
-    member.size = len(data) if kind == tarfile.REGTYPE else 0
-    archive.addfile(member, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-
-def realpath_overflow(dest: str, ups: int, *, ended: bool = True) -> bytes:
-    """CVE-2025-4517's archive for extraction into ``dest``: links whose expansion outgrows
-    ``PATH_MAX`` (where ``os.path.realpath`` gives up resolving), then ``escape``, a link
-    ``ups`` levels above ``dest`` that the ``data`` filter of Python < 3.11.13 takes for one
-    inside, a file written through it and a hard link made through it. Without ``ended``,
-    no end-of-archive blocks: a stream another tar may follow."""
-    component = "d" * ((4096 - len(dest) - 1) // (len(STEPS) + 1))
-    buffer = io.BytesIO()
-    archive = tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT)
-    path = ""
-    for step in STEPS:
-        _add(archive, os.path.join(path, component), kind=tarfile.DIRTYPE)
-        _add(archive, os.path.join(path, step), kind=tarfile.SYMTYPE, link=component)
-        path = os.path.join(path, component)
-    long_link = os.path.join(*STEPS, "l" * 254)
-    _add(archive, long_link, kind=tarfile.SYMTYPE, link=os.path.join(*[".."] * len(STEPS)))
-    _add(archive, "escape", kind=tarfile.SYMTYPE, link=os.path.join(long_link, *[".."] * ups))
-    _add(archive, "escape/pwned", data=b"written through the escape\n")
-    _add(archive, "hardlinked", kind=tarfile.LNKTYPE, link="escape/victim")
-    _add(archive, "hardlinked", data=b"overwritten through a hard link\n")
-    data = buffer.getvalue()[: archive.offset]
-    if ended:
-        archive.close()
-        data = buffer.getvalue()
-    return data
 
 
 def _unpack(data: bytes, target: Path) -> None:

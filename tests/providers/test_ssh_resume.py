@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.providers.test_ssh_run import git
 from tests.sshd import Sshd, running_sshd
+from tests.support.hal import git
 
 from hal9999.providers.registry import load_provider
 from hal9999.providers.ssh.provider import SshProvider

@@ -10,45 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import BUGGY_CALC, commit_repo, git, private_env
 from tests.sshd import Sshd
+from tests.support.hal import git, private_env
+from tests.support.ssh import calc_repo, hal, toml_host
 
 pytestmark = [pytest.mark.ssh, pytest.mark.slow]
-
-AGENT = """#!/bin/sh
-export PYTHONDONTWRITEBYTECODE=1
-echo "agent: prompt: $(cat "$1")"
-echo "agent: token ${API_TOKEN:+is set}"
-python3 test_calc.py || echo "agent: test fails, fixing"
-sed -i 's/a - b/a + b/' calc.py
-python3 test_calc.py
-"""
-
-
-def toml_host(server: Sshd) -> str:
-    entry = server.host_entry()
-    lines = [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
-    return "[[providers.ssh.hosts]]\n" + "\n".join(lines) + "\n"
 
 
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    return commit_repo(tmp_path / "repo", {
-        "calc.py": BUGGY_CALC,
-        "test_calc.py": "import calc\n\nassert calc.add(2, 3) == 5\nprint('test ok')\n",
-        "agent.sh": AGENT,
-    })  # fmt: skip
-
-
-def hal(repo: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    config = tmp_path / "xdg" / "hal9999" / "config.toml"
-    environ = private_env(tmp_path / "halhome", config.parents[1])
-    out = subprocess.run(
-        [sys.executable, "-m", "hal9999", *args], cwd=repo, env=environ | (env or {}),
-        capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    assert "Traceback" not in out.stderr, out.stderr
-    return out.stdout
+    return calc_repo(tmp_path)
 
 
 def test_hal_run_with_a_custom_agent_over_ssh(

@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.providers.test_ssh import ssh_provider
 from tests.sshd import Sshd
+from tests.support.ssh import ssh_provider
 
 import hal9999
 from hal9999.providers.ssh.sandbox import SshSandbox

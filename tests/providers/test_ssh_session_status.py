@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.process.test_managers import SETS_TITLE, TITLE, _pane_title, _status_line
+from tests.support.process import SETS_TITLE, TITLE, _pane_title, _status_line
 
 from hal9999.providers.ssh import session
 

@@ -11,8 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal, demo_repo, git, hal, hal_env, tasks_json
-from tests.cli.test_daemon_run_e2e import _running
+from tests.cli.conftest import demo_repo, hal, hal_env
+from tests.support.daemon import _running
+from tests.support.hal import Hal, git, tasks_json
 
 from hal9999.process.tmux import shared_socket
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from tests.security.conftest import pool_of, require_keeper, session_spec
-from tests.security.test_keeper import claimed, run
+from tests.support.keeper import claimed, run
 
 from hal9999.errors import ProviderError
 from hal9999.providers.bwrap import keeper, seccomp

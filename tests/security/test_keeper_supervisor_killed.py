@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.process.test_managers import spec_for
-from tests.process.test_supervisor_killed import supervisor_pid
-from tests.security.test_keeper import kept
+from tests.support.keeper import kept
+from tests.support.process import spec_for, supervisor_pid
 
 from hal9999.process.base import ProcessManager
 from hal9999.process.direct import DirectProcessManager

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.security.test_keeper import kept
+from tests.support.keeper import kept
 
 from hal9999.providers.base import Launch
 from hal9999.providers.bwrap.provider import BwrapProvider

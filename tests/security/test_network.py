@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from tests.gateway.test_egress import host_address
 from tests.server.selfsigned import server_tls
-from tests.server.test_http_hardening import AUTH, TOKEN, http_server, router
+from tests.support.gateway import host_address
+from tests.support.server import AUTH, TOKEN, http_server, router
 
 from hal9999.errors import CapabilityError
 from hal9999.providers.bwrap import usernet

@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.support.mirror import hal, make_repo
 from tests.tasks.conftest import git
-from tests.tasks.test_mirror import hal, make_repo
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.timeout(300)]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.mirror import make_repo, run, snapshots
 from tests.tasks.conftest import git
-from tests.tasks.test_mirror import make_repo, run, snapshots
 
 
 @pytest.mark.bwrap

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.providers.test_ssh import ssh_provider
 from tests.sshd import Sshd, running_sshd
+from tests.support.ssh import ssh_provider
 
 from hal9999.errors import ProviderError
 from hal9999.providers.registry import load_provider

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.providers.test_ssh import ssh_provider
 from tests.sshd import Sshd
+from tests.support.ssh import ssh_provider
 
 from hal9999.providers.ssh.provider import SshProvider
 from hal9999.spec import SandboxSpec, ShellCommand

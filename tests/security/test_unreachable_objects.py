@@ -14,11 +14,8 @@ from pathlib import Path
 
 import pytest
 from tests.tasks.conftest import git, make_repo
-from tests.tasks.test_clone_processes import git_calls
 
 from hal9999.tasks import gitrepo, mirror
-
-__all__ = ["git_calls"]  # a fixture the tests take
 
 SECRETS = ("dropped-5e1a", "stashed-77c0", "amended-0b93", "loose-a4d2", "own-pack-3f68")
 

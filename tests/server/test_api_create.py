@@ -6,17 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_recovery import make_task
+from tests.support.server import runs_dispatched_at
+from tests.support.tasks import git_repo, make_task
 
 from hal9999.config import HalConfig
-from hal9999.pool.settings import SchedulerSettings
 from hal9999.server.api import build_router
 from hal9999.server.routing import ApiRequest, call_handler
 from hal9999.store import Store
@@ -141,42 +140,6 @@ async def test_an_in_process_runs_config_notes_are_written_with_task_created(
     lines = Path(task.session_dir, "events.jsonl").read_text().splitlines()
     written = [(e["type"], e.get("text")) for e in map(json.loads, lines)]
     assert written == [("task_created", None), ("message", "config: HAL_HOME")]
-
-
-async def runs_dispatched_at(
-    service: TaskService,
-    monkeypatch: pytest.MonkeyPatch,
-    write: str,
-    act: Callable[[Scheduler], Awaitable[object]],
-) -> list[tuple[dict[str, str], str | None]]:
-    """The env and prompt each run started by ``act`` gets, when another task's end wakes
-    the scheduler just as the store's ``write`` (in the acting thread) queued the task: that
-    dispatch starts it, and the run begins, before ``act`` goes on (to submit it)."""
-    scheduler = Scheduler(service, SchedulerSettings(), lambda name: 8)
-    runs: list[tuple[dict[str, str], str | None]] = []
-
-    async def run(task_id: str, *, given_env: Any = None, prompt: Any = None, **_: Any) -> Any:
-        runs.append((dict(given_env or {}), prompt))
-        return service.store.get_task(task_id)
-
-    loop = asyncio.get_running_loop()
-    written = getattr(service.store, write)
-
-    def write_then_dispatch(*args: Any, **kw: Any) -> Any:
-        done = written(*args, **kw)
-
-        async def dispatch() -> None:
-            assert scheduler.dispatch() == 1
-            await asyncio.sleep(0.05)
-
-        asyncio.run_coroutine_threadsafe(dispatch(), loop).result()
-        return done
-
-    monkeypatch.setattr(service, "run", run)
-    monkeypatch.setattr(service.store, write, write_then_dispatch)
-    await act(scheduler)
-    await asyncio.gather(*scheduler.running.values())
-    return runs
 
 
 async def test_a_task_dispatched_before_its_submission_runs_with_its_env(

@@ -9,18 +9,16 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from openapi_spec_validator import validate
+from tests.support.server import daemon_router
 
-from hal9999.server.api import build_router
 from hal9999.server.app import ServerContext, build_app
 from hal9999.server.client import DaemonClient
 from hal9999.server.listen import HalServer
 from hal9999.server.openapi import openapi_schema
 from hal9999.server.runtime import DaemonInfo
-from hal9999.server.sse import EventFeed
 
 HEAVY = ("starlette", "uvicorn", "h11", "mcp", "anyio")
 
@@ -32,13 +30,6 @@ def test_the_cli_does_not_import_the_server_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
-
-
-def daemon_router() -> Any:
-    """The daemon's real route table (handlers are bound, never called here)."""
-    fake = SimpleNamespace(tasks=None, pool=None)
-    ctx = ServerContext(home=Path("/x"), token="t", feed=EventFeed(None, None, lambda t: None))  # type: ignore[arg-type]
-    return build_router(fake, ctx)  # type: ignore[arg-type]
 
 
 def test_every_route_is_in_a_valid_openapi_document() -> None:

@@ -12,8 +12,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from tests.tasks.test_recovery import make_task
-from tests.tasks.test_scheduler import ScriptedService, ended, until
+from tests.support.tasks import ScriptedService, ended, make_task, until
 
 from hal9999.errors import DiskFull
 from hal9999.events.bus import EventBus, Subscription

@@ -17,33 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.gateway.test_egress import host_address
 from tests.server.selfsigned import server_tls
+from tests.support.gateway import host_address
+from tests.support.server import AUTH, TOKEN, http_server, router
 
-from hal9999.server.app import ServerContext, build_app
 from hal9999.server.listen import HalServer
-from hal9999.server.routing import ApiRequest as Request
-from hal9999.server.routing import Router
 
-TOKEN = "s3cret-token"
-AUTH = f"Authorization: Bearer {TOKEN}\r\n".encode()
 Connect = Callable[[], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
-
-
-def router() -> Router:
-    r = Router()
-
-    async def echo(request: Request) -> Any:
-        return {"body": request.json()}
-
-    r.add("POST", "/v1/echo", echo, body_fields=frozenset({"a"}), body={})  # reads "a"
-    return r
-
-
-def http_server(r: Router, token: str, *, log_file: str | None = None, **limits: Any) -> HalServer:
-    """The daemon's server stack serving ``r`` (no dashboard)."""
-    ctx = ServerContext(home=Path("/nonexistent"), token=token, log_file=log_file)
-    return HalServer(build_app(ctx, r, dashboard=False), **limits)
 
 
 @pytest.fixture(params=["tcp", "unix"])

@@ -40,7 +40,7 @@ def test_the_run_bodys_schema_is_made_for_the_openapi_document_only(
     """Building the daemon's routes makes no JSON schema of the run body (~2-3 % of a
     start); the fields the route checks are the schema's properties, and the OpenAPI
     document still has the schema."""
-    from tests.server.test_app import daemon_router
+    from tests.support.server import daemon_router
 
     from hal9999.server import api
     from hal9999.server.openapi import openapi_schema

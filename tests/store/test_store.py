@@ -15,29 +15,11 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from tests.support.store import make_task
 
 from hal9999.errors import AmbiguousTaskId, HalError, TaskNotFound
-from hal9999.store import Store, TaskRecord
-from hal9999.store import sqlite as sqlite_store
+from hal9999.store import Store
 from hal9999.store.migrations import MIGRATIONS
-
-
-def make_task(task_id: str, created_at: float = 1000.0, **overrides: Any) -> TaskRecord:
-    fields: dict[str, Any] = {
-        "id": task_id,
-        "prompt": "fix the bug",
-        "agent": "claude",
-        "provider": "bwrap",
-        "process_manager": "tmux",
-        "repo": "/src/project",
-        "repo_kind": "local",
-        "branch": f"hal/{task_id}",
-        "status": "queued",
-        "created_at": created_at,
-        "session_dir": f"/home/sessions/{task_id}",
-    }
-    fields.update(overrides)
-    return TaskRecord(**fields)
 
 
 @pytest.fixture
@@ -411,13 +393,10 @@ def test_processes_opening_a_new_database_at_once_all_succeed(tmp_path: Path) ->
             assert store.schema_version() == MIGRATIONS[-1].version
 
 
-def test_a_writer_waiting_for_the_lock_does_not_hold_up_reads(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_writer_waiting_for_the_lock_does_not_hold_up_reads(tmp_path: Path) -> None:
     # The writer would wait an hour for the lock: reads that return within the (generous)
     # bound below, while it waits, were not held up behind it.
-    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 3600.0)
-    with Store(tmp_path / "hal.db") as store:
+    with Store(tmp_path / "hal.db", busy_timeout_s=3600.0) as store:
         store.insert_task(make_task("t1"))
         other = sqlite3.connect(tmp_path / "hal.db", isolation_level=None)
         other.execute("BEGIN IMMEDIATE")  # another process holds the write lock

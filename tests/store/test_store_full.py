@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from tests.small_tmpfs import small_tmpfs
-from tests.store.test_store import make_task
+from tests.support.store import make_task
 
 from hal9999.errors import DiskFull
 from hal9999.store import Store

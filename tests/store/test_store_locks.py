@@ -11,9 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from hal9999.store import Store, sqlite
+from hal9999.store import Store
 from hal9999.store.migrations import MIGRATIONS
 
 OTHER = """
@@ -40,18 +38,15 @@ def test_opening_the_store_again_keeps_the_locks_this_process_holds(tmp_path: Pa
         store.journal_mode()
 
 
-def test_opening_a_current_store_takes_no_write_lock(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_opening_a_current_store_takes_no_write_lock(tmp_path: Path) -> None:
     # Every open but a database's first finds its schema current: it only reads, so it
     # neither waits behind another process's write transaction nor fails after the busy
     # timeout (it took the write lock to create the migrations table it already had).
     Store.open(tmp_path).close()
-    monkeypatch.setattr(sqlite, "BUSY_TIMEOUT_S", 0.2)  # a failure comes at once
     writer = sqlite3.connect(tmp_path / "hal.db", isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")  # another process's writer, mid-transaction
-        with Store.open(tmp_path) as store:
+        with Store.open(tmp_path, busy_timeout_s=0.2) as store:  # a failure comes at once
             assert store.schema_version() == MIGRATIONS[-1].version
             assert store.list_tasks() == []
     finally:

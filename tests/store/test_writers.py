@@ -12,10 +12,9 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
-from tests.store.test_store import make_task
+from tests.support.store import make_task
 
 from hal9999.store import Store
-from hal9999.store import sqlite as sqlite_store
 from hal9999.store.sandboxrow import SandboxRow
 from hal9999.store.writelock import WriteBusy
 
@@ -72,12 +71,9 @@ def held(lock: AbstractContextManager[object]) -> Iterator[None]:
         holder.join()
 
 
-def test_a_writer_held_past_the_busy_timeout_goes_on_to_sqlite(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_writer_held_past_the_busy_timeout_goes_on_to_sqlite(tmp_path: Path) -> None:
     # A writer that never ends makes the others fail as SQLite's busy timeout did, not hang.
-    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_S", 0.2)
-    store = Store(tmp_path / "hal.db")
+    store = Store(tmp_path / "hal.db", busy_timeout_s=0.2)
     with held(store._write()), pytest.raises(sqlite3.OperationalError, match="locked"):
         now = time.time()
         row = SandboxRow(provider="fake", id="0" * 12, pool_key="fake:x", state="idle",

@@ -11,12 +11,10 @@ from typing import Any
 
 import pytest
 from tests import inodes
+from tests.support.bringback import _snapshot_repo
 from tests.tasks.conftest import BRANCH, git
-from tests.tasks.test_clone_processes import _snapshot_repo, git_calls
 
 from hal9999.tasks import gitdir, gitrepo, mirror
-
-__all__ = ["git_calls"]  # the fixture these tests take
 
 
 async def test_a_written_git_dir_makes_only_the_inodes_git_needs(tmp_path: Path) -> None:

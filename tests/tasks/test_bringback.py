@@ -3,67 +3,21 @@ the user's commits, never with a secret in it, whatever the source repository's 
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
+from tests.support.bringback import World, cloned_world, has_object, loose_bomb
 from tests.tasks.conftest import BRANCH, TASK, git, make_repo
 
 from hal9999.errors import RepoError, SecretInResult
 from hal9999.redact import SecretMasker
 from hal9999.tasks import bringback, gitrepo, incoming, landing, resultscan
-from hal9999.tasks.session import Session
-
-
-class World:
-    """A source repository, a task session with its clone, and helpers to play the agent."""
-
-    def __init__(self, root: Path, sessions: Path | None = None) -> None:
-        self.source = root / "source"
-        self.base = make_repo(self.source, {"a.txt": "one\n"})
-        self.session = Session((sessions or root) / "session")
-        self.session.create()
-
-    async def clone(self) -> None:
-        src = gitrepo.RepoSource("local", str(self.source))
-        await gitrepo.clone(src, None, self.session.workspace, BRANCH)
-
-    def agent_commits(self, files: dict[str, str], message: str = "agent work") -> str:
-        ws = self.session.workspace
-        for name, text in files.items():
-            (ws / name).parent.mkdir(parents=True, exist_ok=True)
-            (ws / name).write_text(text)
-        git(ws, "add", "-A")
-        git(ws, "commit", "-qm", message)
-        return git(ws, "rev-parse", "HEAD")
-
-    def bundle(self) -> None:
-        git(self.session.workspace, "bundle", "create", "-q", str(self.session.bundle),
-            f"{self.base}..{BRANCH}")  # fmt: skip
-
-    async def bring_back(self, head: str, masker: SecretMasker | None = None) -> object:
-        return await bringback.bring_back(
-            gitrepo.RepoSource("local", str(self.source)),
-            self.session,
-            task_id=TASK,
-            branch=BRANCH,
-            head=head,
-            base=self.base,
-            masker=masker or SecretMasker(),
-        )
 
 
 @pytest.fixture
 async def world(tmp_path: Path) -> World:
-    w = World(tmp_path)
-    await w.clone()
-    return w
-
-
-def has_object(repo: Path, sha: str) -> bool:
-    return subprocess.run(["git", "cat-file", "-e", sha], cwd=repo).returncode == 0
+    return await cloned_world(tmp_path)
 
 
 async def test_brings_back_and_rewrites_the_patch_from_the_fetched_objects(world: World) -> None:
@@ -415,24 +369,6 @@ async def test_objects_the_scan_never_saw_never_reach_the_source(
         found = subprocess.run(["git", "cat-file", "-e", oid], cwd=world.source)
         assert found.returncode != 0, oid
     assert git(world.source, "for-each-ref", "refs/hal-incoming") == ""
-
-
-def loose_bomb(repo: Path, size: int, piece: bytes = bytes(1 << 20)) -> str:
-    """A loose blob of ``size`` bytes, ``piece`` (1 MiB; zeros by default) over and over,
-    written straight into ``repo``'s objects (a few kilobytes on disk, as an agent writes one
-    without ever holding it); its id."""
-    header = b"blob %d\0" % size
-    digest, packer = hashlib.sha1(header), zlib.compressobj(9)
-    parts = [packer.compress(header)]
-    for _ in range(size >> 20):
-        digest.update(piece)
-        parts.append(packer.compress(piece))
-    parts.append(packer.flush())
-    oid = digest.hexdigest()
-    loose = repo / ".git" / "objects" / oid[:2] / oid[2:]
-    loose.parent.mkdir(exist_ok=True)
-    loose.write_bytes(b"".join(parts))
-    return oid
 
 
 @pytest.mark.parametrize("masked", [False, True])  # fetched into the source, or quarantined

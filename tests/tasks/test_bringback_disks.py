@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from tests.second_filesystem import second_filesystem
 from tests.small_tmpfs import small_tmpfs
+from tests.support.bringback import World
 from tests.tasks.conftest import BRANCH, git
-from tests.tasks.test_bringback import World
 
 from hal9999.errors import RepoError
 from hal9999.redact import SecretMasker

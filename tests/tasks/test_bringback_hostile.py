@@ -12,48 +12,28 @@ import zlib
 from pathlib import Path
 
 import pytest
+from tests.support.bringback import (
+    World,
+    blob,
+    cloned_world,
+    commit_tree,
+    has_object,
+    loose_bomb,
+    mktree,
+)
 from tests.tasks.conftest import BRANCH, git
-from tests.tasks.test_bringback import World, has_object, loose_bomb, world
 
 from hal9999.errors import RepoError, SecretInResult
 from hal9999.redact import SecretMasker
 from hal9999.tasks import landing, resultscan
 
-__all__ = ["world"]  # the fixture, shared with test_bringback
+
+@pytest.fixture
+async def world(tmp_path: Path) -> World:
+    return await cloned_world(tmp_path)
+
 
 SECRET = "sk-live-7f3a9c2e1b"
-
-
-def mktree(repo: Path, entries: list[tuple[str, str, str]]) -> str:
-    """A tree of ``(mode, id, name)`` entries written by ``git mktree`` (which, like git's
-    object checks, takes a name of any length)."""
-    kinds = {"040000": "tree", "160000": "commit"}
-    text = "".join(
-        f"{mode} {kinds.get(mode, 'blob')} {oid}\t{name}\n" for mode, oid, name in entries
-    )
-    done = subprocess.run(["git", "mktree"], cwd=repo, input=text, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def blob(repo: Path, text: str) -> str:
-    return git_in(repo, text, "hash-object", "-w", "--stdin")
-
-
-def git_in(repo: Path, text: str, *args: str) -> str:
-    done = subprocess.run(["git", *args], cwd=repo, input=text, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def commit_tree(world: World, entries: list[tuple[str, str, str]]) -> str:
-    """A commit on the task's branch whose top tree is the base's files plus ``entries``."""
-    ws = world.session.workspace
-    top = [("100644", git(ws, "rev-parse", "HEAD:a.txt"), "a.txt"), *entries]
-    commit = git(ws, "commit-tree", mktree(ws, top), "-p", "HEAD", "-m", "agent work")
-    git(ws, "update-ref", f"refs/heads/{BRANCH}", commit)
-    world.bundle()
-    return commit
 
 
 @pytest.mark.parametrize("secret", [False, True])

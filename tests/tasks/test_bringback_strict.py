@@ -9,13 +9,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.support.bringback import World, blob, cloned_world, commit_tree, mktree
 from tests.tasks.conftest import BRANCH, git
-from tests.tasks.test_bringback import World, world
-from tests.tasks.test_bringback_hostile import blob, commit_tree, mktree
 
 from hal9999.errors import RepoError
 
-__all__ = ["world"]  # the fixture, shared with test_bringback
+
+@pytest.fixture
+async def world(tmp_path: Path) -> World:
+    return await cloned_world(tmp_path)
+
 
 MODULES = '[submodule "{name}"]\n\tpath = {path}\n\turl = {url}\n'
 

@@ -12,18 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import trivial_request
-from tests.tasks.test_recovery import DEAD_PID, make_task, pooled_service
-from tests.tasks.test_scheduler import until
+from tests.support.tasks import (
+    CREDENTIALS,
+    DEAD_PID,
+    credentialed,
+    git_repo,
+    make_task,
+    pooled_service,
+    trivial_request,
+    until,
+)
 
-from hal9999.config import CredentialFile, HalConfig
 from hal9999.errors import TaskStateError
 from hal9999.pool.settings import SchedulerSettings
 from hal9999.providers.fake.provider import FakeProvider
 from hal9999.store import Store
 from hal9999.tasks.scheduler import Scheduler
-from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
 
 
@@ -47,20 +51,6 @@ def tree(root: Path) -> dict[str, tuple[int, int]]:
         str(path.relative_to(root)): (path.lstat().st_size, path.lstat().st_mtime_ns)
         for path in sorted(root.rglob("*"))
     }
-
-
-CREDENTIALS = ".claude/.credentials.json"
-"""Where a run installs the credential file of :func:`credentialed`'s config."""
-
-
-def credentialed(tmp_path: Path, home: Path) -> tuple[Store, TaskService]:
-    """A store and task service over ``home`` whose config installs a credential file at
-    :data:`CREDENTIALS` in each run's session."""
-    source = tmp_path / "credentials.json"
-    source.write_text('{"token": "t"}')
-    config = HalConfig(home=home, credentials=[CredentialFile(source=source, target=CREDENTIALS)])
-    store = Store.open(home)
-    return store, TaskService(config, store, {})
 
 
 def spy_creates(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -6,29 +6,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.bringback import World, _snapshot_repo
 from tests.tasks.conftest import BRANCH, git
-from tests.tasks.test_bringback import World
 
 from hal9999.errors import RepoError
 from hal9999.tasks import gitdir, gitrepo, mirror
-
-
-@pytest.fixture
-def git_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    calls: list[str] = []
-    original = gitrepo.git
-
-    async def counted(args: Sequence[str], **kwargs: Any) -> str:
-        calls.append(next(a for a in args if a != "-c" and "=" not in a))
-        return await original(args, **kwargs)
-
-    monkeypatch.setattr(gitrepo, "git", counted)
-    return calls
 
 
 def _no_source_path(w: World) -> None:
@@ -112,32 +98,6 @@ def test_a_ref_in_the_way_is_left_to_git(tmp_path: Path) -> None:
 
 
 # -- a checkout that borrows a snapshot: its .git written by hal, one `read-tree` ----------
-
-
-def _snapshot_repo(root: Path, *, detached: bool = False) -> tuple[Path, Path]:
-    """A source with branches (one nested), a light and an annotated tag, an executable
-    file and a symlink; and a snapshot of it made as mirror.py makes them."""
-    source = root / "source"
-    source.mkdir()
-    git(source, "init", "-q", "-b", "main")
-    (source / "a.txt").write_text("one\n")
-    (source / "bin").mkdir()
-    (source / "bin" / "run").write_text("#!/bin/sh\n")
-    (source / "bin" / "run").chmod(0o755)
-    (source / "link").symlink_to("a.txt")
-    git(source, "add", "-A")
-    git(source, "commit", "-qm", "initial")
-    git(source, "tag", "v1")
-    git(source, "tag", "-a", "-m", "annotated", "v2")
-    git(source, "branch", "side")
-    git(source, "branch", "feat/x")
-    (source / "a.txt").write_text("two\n")
-    git(source, "commit", "-qam", "second")
-    if detached:
-        git(source, "checkout", "-q", "--detach", "HEAD~1")
-    snap = root / "snap"
-    git(root, "clone", "-q", "--bare", "--no-hardlinks", "--", str(source), str(snap))
-    return source, snap
 
 
 def _what_matters(workspace: Path) -> dict[str, object]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.store.test_store import make_task
+from tests.support.store import make_task
 
 from hal9999.store import Store
 from hal9999.store.sandboxrow import SandboxRow

@@ -117,9 +117,7 @@ def test_a_whole_character_at_the_end_of_a_burst_is_not_held_back(tmp_path: Path
 async def test_a_quiet_run_is_looked_at_less_often_until_it_speaks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.tasks.test_halt import git_repo
-    from tests.tasks.test_hot_path import trivial_request
-    from tests.tasks.test_recovery import pooled_service
+    from tests.support.tasks import git_repo, pooled_service, trivial_request
 
     from hal9999.tasks import follow
 

@@ -8,20 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import git
-from tests.tasks.test_recovery import pooled_service
+from tests.support.tasks import git_repo, pooled_service
 
 from hal9999.pool.pool import Entry
 from hal9999.tasks.request import RunRequest
 from hal9999.tasks.sandboxes import PoolSource
-
-
-def git_repo(path: Path) -> Path:
-    path.mkdir()
-    (path / "README").write_text("hello\n")
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "initial"]):
-        git(path, *args)
-    return path
 
 
 @pytest.mark.parametrize("halt", ["cancel", "stop"])
@@ -86,7 +77,7 @@ def queued_service(tmp_path: Path) -> tuple[Any, Any, list[str]]:
 async def test_halting_a_task_queued_for_its_first_run_looks_for_no_sandbox(
     tmp_path: Path, halt: str
 ) -> None:
-    from tests.tasks.test_recovery import make_task
+    from tests.support.tasks import make_task
 
     from hal9999.events.reader import read_events
 
@@ -115,7 +106,7 @@ async def test_halting_a_task_queued_for_its_first_run_looks_for_no_sandbox(
 async def test_halting_a_queued_task_that_ran_before_still_looks_for_its_sandboxes(
     tmp_path: Path, ran: dict[str, Any]
 ) -> None:
-    from tests.tasks.test_recovery import make_task
+    from tests.support.tasks import make_task
 
     store, service, killed = queued_service(tmp_path)
     store.insert_task(make_task(tmp_path / "home", "q2", "queued", created_at=time.time(), **ran))
@@ -126,7 +117,7 @@ async def test_halting_a_queued_task_that_ran_before_still_looks_for_its_sandbox
 
 
 async def test_halting_a_task_that_left_the_queue_stops_it(tmp_path: Path) -> None:
-    from tests.tasks.test_recovery import make_task
+    from tests.support.tasks import make_task
 
     store, service, killed = queued_service(tmp_path)
     store.insert_task(make_task(tmp_path / "home", "p1", "provisioning"))

@@ -12,22 +12,12 @@ from typing import Any
 
 import pytest
 from tests import inodes
-from tests.cli.conftest import git
+from tests.support.hal import git
+from tests.support.tasks import git_repo, pooled_service, run_trivial_task, trivial_request
 from tests.tasks.hops import hop_counter
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_recovery import pooled_service
 
 from hal9999.spec import ArgvCommand
 from hal9999.tasks import launch
-from hal9999.tasks.request import RunRequest
-
-
-def trivial_request(repo: Path, provider: str = "bwrap", **extra: Any) -> RunRequest:
-    """A `true` agent's run of ``repo`` on ``provider``, supervised directly."""
-    return RunRequest(
-        prompt="p", repo=str(repo), ref=None, agent="true {{prompt_file}}", provider=provider,
-        process_manager="direct", timeout_s=60, **extra,
-    )  # fmt: skip
 
 
 @pytest.mark.bwrap
@@ -150,16 +140,6 @@ async def test_a_runs_final_phase_and_task_end_are_written_as_one_batch(
     assert done.status == "succeeded", done.error_message
     assert batches[-1][-2:] == ["phase", "task_end"], batches
     assert ["task_end"] not in batches
-
-
-async def run_trivial_task(tmp_path: Path, repo: Path) -> None:
-    """One `true` agent run through a pooled bwrap service, to its success."""
-    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
-    request = trivial_request(repo)
-    task = await service.create(request)
-    done = await service.run(task.id)
-    store.close()
-    assert done.status == "succeeded", done.error_message
 
 
 @pytest.mark.bwrap

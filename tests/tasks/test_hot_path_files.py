@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 from tests import inodes
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import trivial_request
-from tests.tasks.test_recovery import pooled_service
+from tests.support.tasks import git_repo, pooled_service, trivial_request
 
 
 @pytest.mark.bwrap

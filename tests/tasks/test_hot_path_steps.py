@@ -11,10 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import git
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import run_trivial_task, trivial_request
-from tests.tasks.test_recovery import make_task, pooled_service
+from tests.support.hal import git
+from tests.support.tasks import (
+    git_repo,
+    make_task,
+    pooled_service,
+    run_trivial_task,
+    trivial_request,
+)
 
 from hal9999.providers.base import Sandbox
 from hal9999.spec import ArgvCommand

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from tests.support.bringback import World
 from tests.tasks.conftest import BRANCH, TASK, git
-from tests.tasks.test_bringback import World
 
 from hal9999.redact import SecretMasker
 from hal9999.tasks import bringback, gitrepo, landing

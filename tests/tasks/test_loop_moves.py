@@ -11,10 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.tasks import git_repo, pooled_service, trivial_request
 from tests.tasks.hops import hop_counter
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import trivial_request
-from tests.tasks.test_recovery import pooled_service
 
 from hal9999.store import Store
 from hal9999.store.writelock import WriteBusy

@@ -10,61 +10,21 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from tests.support.tasks import DEAD_PID, make_task, pooled_service
 
-from hal9999.config import HalConfig
 from hal9999.errors import TaskStateError
 from hal9999.events.models import Phase
 from hal9999.events.reader import read_events
-from hal9999.pool import ProviderSettings, SlotDir, WarmPool
+from hal9999.pool import SlotDir
 from hal9999.process.base import ProcessStatus, arm_start
 from hal9999.process.supervisor import mark_unstarted, unstarted_path
-from hal9999.providers.base import Provider
 from hal9999.spec import SandboxSpec
-from hal9999.store import SandboxRow, Store, TaskRecord
+from hal9999.store import SandboxRow, TaskRecord
 from hal9999.tasks import recovery
-from hal9999.tasks.plugins import load_provider_for
 from hal9999.tasks.recovery import Recovery
 from hal9999.tasks.sandboxes import PoolSource
 from hal9999.tasks.service import TaskService
 from hal9999.tasks.session import Session
-
-DEAD_PID = 2**22 + 7  # above pid_max's default: never a live process
-
-
-def make_task(home: Path, task_id: str, status: str, **fields: object) -> TaskRecord:
-    session = Session(home / "sessions" / task_id)
-    session.create()
-    session.workspace.mkdir(exist_ok=True)
-    values: dict[str, object] = {
-        "id": task_id,
-        "prompt": "p",
-        "agent": "true {{prompt_file}}",
-        "provider": "fake",
-        "process_manager": "direct",
-        "repo": str(home),
-        "repo_kind": "local",
-        "branch": f"hal/{task_id}",
-        "status": status,
-        "created_at": time.time() - 60,
-        "session_dir": str(session.root),
-        **fields,
-    }
-    return TaskRecord.model_validate(values)
-
-
-def pooled_service(home: Path, provider: str) -> tuple[Store, TaskService, Provider, WarmPool]:
-    """A task service over a fresh home, and a warm pool of one provider with its defaults."""
-    config = HalConfig(home=home)
-    store = Store.open(home)
-    service = TaskService(config, store, {})
-    loaded = load_provider_for(config, provider)
-    pool = WarmPool(
-        providers=lambda name: loaded,
-        settings=lambda name: ProviderSettings(),
-        slots=SlotDir(home / "pool"),
-        store=store,
-    )
-    return store, service, loaded, pool
 
 
 async def test_recovery_interrupts_requeues_and_sweeps(tmp_path: Path) -> None:

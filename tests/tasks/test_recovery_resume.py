@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.tasks.test_recovery import DEAD_PID, make_task
+from tests.support.tasks import DEAD_PID, make_task
 
 from hal9999.config import HalConfig
 from hal9999.errors import TaskStateError

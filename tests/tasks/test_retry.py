@@ -16,9 +16,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import LeftNothing
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_recovery import make_task, pooled_service
-from tests.tasks.test_scheduler import ScriptedService, until
+from tests.support.tasks import ScriptedService, git_repo, make_task, pooled_service, until
 
 from hal9999.events.models import Phase, TaskEnd
 from hal9999.events.reader import read_events

@@ -12,10 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.conftest import git
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import trivial_request
-from tests.tasks.test_recovery import pooled_service
+from tests.support.hal import git
+from tests.support.tasks import git_repo, pooled_service, trivial_request
 
 from hal9999.errors import UnsafePath
 from hal9999.tasks import collect, landing

@@ -11,10 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.tasks.test_claim import credentialed
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import trivial_request
-from tests.tasks.test_recovery import pooled_service
+from tests.support.tasks import credentialed, git_repo, pooled_service, trivial_request
 
 from hal9999.providers.host import user as sandboxuser
 from hal9999.store import Store

@@ -4,93 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.tasks.test_recovery import make_task
+from tests.support.tasks import make_task, setup, until
 
-from hal9999.events.log import EventLog
-from hal9999.events.models import Phase
 from hal9999.pool.settings import SchedulerSettings
-from hal9999.redact import SecretMasker
-from hal9999.store import Store, TaskRecord
 from hal9999.tasks.retry import backoff
-from hal9999.tasks.scheduler import Scheduler
-from hal9999.tasks.session import Session
-
-
-def ended(store: Store, task_id: str, status: str, code: str | None, retry: Any) -> TaskRecord:
-    """End a run as TaskRunner does: a failure the daemon's ``retry`` policy retries is
-    written ``queued`` again with the retry's fields, in the write that ends the run."""
-    if status == "failed" and retry is not None:
-        failed = store.get_task(task_id).model_copy(update={"status": status, "error_code": code})
-        again = retry(failed)
-        if again is not None:
-            return store.update_task(task_id, status="queued", **again.fields(time.time()))
-    return store.update_task(task_id, status=status, error_code=code)
-
-
-class ScriptedService:
-    """Stands in for TaskService: each run holds until released, then ends as scripted
-    (queued again when the ``retry`` policy it is given retries the failure)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self.started: list[str] = []
-        self.gates: dict[str, asyncio.Event] = {}
-        self.outcomes: dict[str, list[tuple[str, str | None]]] = {}
-
-    def gate(self, task_id: str) -> asyncio.Event:
-        return self.gates.setdefault(task_id, asyncio.Event())
-
-    async def run(self, task_id: str, *, retry: Any = None, **_: Any) -> TaskRecord:
-        self.started.append(task_id)
-        self.store.update_task(task_id, status="running")
-        await self.gate(task_id).wait()
-        self.gate(task_id).clear()
-        status, code = (self.outcomes.get(task_id) or [("succeeded", None)]).pop(0)
-        return ended(self.store, task_id, status, code, retry)
-
-    @contextmanager
-    def events(self, task: TaskRecord, masker: SecretMasker | None = None) -> Iterator[EventLog]:
-        with EventLog(Session(Path(task.session_dir)).events, task.id, store=self.store) as log:
-            yield log
-
-    def find(self, task_id: str) -> TaskRecord:
-        return self.store.find_task(task_id)
-
-    def reconcile(self, task: TaskRecord) -> TaskRecord:
-        return task  # its runs are this test's: none of them died
-
-    async def cancel(self, task_id: str) -> TaskRecord:
-        return self.store.update_task(task_id, status="cancelled")
-
-    def detach(self, task_id: str) -> None:
-        pass
-
-    async def halt(self, task_id: str, target: str, reason: str) -> TaskRecord:
-        with self.events(self.store.get_task(task_id)) as log:
-            log.emit(Phase(phase=str(target), detail=reason))
-        return self.store.update_task(task_id, status=str(target), error_message=reason)
-
-
-def setup(
-    tmp_path: Path, limits: Mapping[str, int], **settings: Any
-) -> tuple[Store, ScriptedService, Scheduler]:
-    store = Store.open(tmp_path)
-    service = ScriptedService(store)
-    values = SchedulerSettings.model_validate({"backoff_base_s": 0.05, **settings})
-    scheduler = Scheduler(service, values, lambda name: limits.get(name, 0))  # type: ignore[arg-type]
-    return store, service, scheduler
-
-
-async def until(check: Any, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_priority_then_age_within_the_global_limit(tmp_path: Path) -> None:

@@ -10,10 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import trivial_request
-from tests.tasks.test_recovery import make_task, pooled_service
-from tests.tasks.test_scheduler import setup, until
+from tests.support.tasks import git_repo, make_task, pooled_service, setup, trivial_request, until
 
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.api import LocalTaskAPI

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_recovery import pooled_service
+from tests.support.tasks import git_repo, pooled_service
 
 from hal9999.process.tmux import TmuxProcessManager
 from hal9999.spec import ArgvCommand

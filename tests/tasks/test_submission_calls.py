@@ -13,8 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_hot_path import trivial_request
+from tests.support.tasks import git_repo, trivial_request
 
 import hal9999
 from hal9999.config import HalConfig

@@ -8,8 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from tests.tasks.test_halt import git_repo
-from tests.tasks.test_recovery import make_task, pooled_service
+from tests.support.tasks import git_repo, make_task, pooled_service
 
 from hal9999.tasks import request as request_module
 from hal9999.tasks.request import RunRequest, new_task_id

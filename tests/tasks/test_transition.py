@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.tasks.test_recovery import make_task
+from tests.support.tasks import make_task
 
 from hal9999.errors import TaskStateError
 from hal9999.events.log import EventLog

@@ -10,11 +10,8 @@ from pathlib import Path
 
 import pytest
 from tests.tasks.conftest import git, make_repo
-from tests.tasks.test_clone_processes import git_calls
 
 from hal9999.tasks import unreached
-
-__all__ = ["git_calls"]  # the fixture these tests take
 
 
 def _copy_with_a_result(tmp_path: Path, gc: bool) -> tuple[Path, str, str]:

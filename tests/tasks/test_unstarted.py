@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from tests.tasks.test_recovery import DEAD_PID, make_task, pooled_service
+from tests.support.tasks import DEAD_PID, make_task, pooled_service
 
 from hal9999.errors import CredentialsError
 from hal9999.events.reader import read_events

@@ -87,8 +87,10 @@ RUNNER_FIELDS = ("runner_pid", "runner_started", "sandbox_id")
 class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
     """Tasks, the event index and pooled sandboxes, in one SQLite database."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
         self.path = path
+        self.busy_timeout_s = busy_timeout_s
+        """How long a write waits for another writer's lock before it fails."""
         self._lock = threading.Lock()
         self._writers = writers_of(path)
         self._local = threading.local()
@@ -125,9 +127,9 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             raise
 
     @classmethod
-    def open(cls, home: Path) -> Store:
+    def open(cls, home: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Store:
         """Open (creating and migrating as needed) the store of a hal home directory."""
-        return cls(HalPaths(home).ensure().db)
+        return cls(HalPaths(home).ensure().db, busy_timeout_s=busy_timeout_s)
 
     def close(self) -> None:
         """Close every connection; further calls fail. Safe to call twice."""
@@ -161,14 +163,15 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             with self._lock:
                 if self._closed:
                     raise ValueError("the store is closed")
+                wait = 0 if quick else self.busy_timeout_s
                 conn = sqlite3.connect(
-                    self.path, timeout=0 if quick else BUSY_TIMEOUT_S, isolation_level=None,
+                    self.path, timeout=wait, isolation_level=None,
                     check_same_thread=False, factory=_Connection,
                 )  # fmt: skip
                 self._conns.append(conn)
                 _OPEN.add(conn)
             conn.row_factory = sqlite3.Row
-            conn.execute(f"PRAGMA busy_timeout = {0 if quick else int(BUSY_TIMEOUT_S * 1000)}")
+            conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             if quick:
@@ -188,7 +191,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         """
         conn = self._db(quick=not wait)
         writers = self._writers
-        queued = writers.acquire(timeout=BUSY_TIMEOUT_S) if wait else writers.acquire(False)
+        queued = writers.acquire(timeout=self.busy_timeout_s) if wait else writers.acquire(False)
         if not (wait or queued):
             raise WriteBusy("a thread of this process holds the write lock")
         try:
@@ -241,7 +244,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         with "database is locked", without waiting in the busy handler. So a locked error
         here is retried (with jitter) until the busy timeout.
         """
-        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        deadline = time.monotonic() + self.busy_timeout_s
         while True:
             try:
                 self._db().execute("PRAGMA journal_mode = WAL")
