@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from tests.cli.conftest import Hal
 from tests.cli.quick_agents import quick_agents_path
+from tests.support.hal import Hal
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 

@@ -29,7 +29,7 @@ async def test_the_daemons_task_api_runs_a_task_to_its_end_and_resumes_it(
     import asyncio
     import contextlib
 
-    from tests.cli.conftest import git
+    from tests.support.hal import git
 
     from hal9999.app import DaemonParts
     from hal9999.tasks.request import RunRequest
