@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from hal9999.errors import CapabilityError, ProviderError
-from hal9999.providers.hostread import read_all
+from hal9999.hostread import read_all
 from hal9999.spec import Resources
 
 PARENT = "hal9999"
