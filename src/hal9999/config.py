@@ -264,7 +264,7 @@ class HalConfig(_Config):
     serializer at import for a run that reads no ``[gateway]``; it equals
     ``GatewayConfig()`` (``tests/test_config.py``)."""
     hive: dict[str, Any] = Field(default_factory=dict)
-    """Hive settings (``[hive]``), validated by :mod:`hal9999.hive.settings`."""
+    """Hive settings (``[hive]``), validated by :mod:`hal9999.hivesettings`."""
     _origin: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
     # Which file or variable set each key (kept by copies; lost when sent as JSON); read
     # by :mod:`hal9999.config_origin`.

@@ -29,7 +29,7 @@ DAEMON = textwrap.dedent(
     from types import SimpleNamespace
     from hal9999.config import HalConfig
     from hal9999.hive import agents, approvals
-    from hal9999.hive.settings import HiveSettings
+    from hal9999.hivesettings import HiveSettings
     from hal9999.hive.turns import HiveLoop
     from hal9999.server.threads_api import use_hive_for_agents
     from hal9999.pool.settings import scheduler_settings
@@ -188,7 +188,7 @@ def test_an_agent_whose_removal_a_kill_cut_short_is_removed_by_the_next_rm_whate
 ON_CRASH = textwrap.dedent(
     """
     from hal9999.hive import watch
-    from hal9999.hive.settings import HiveSettings
+    from hal9999.hivesettings import HiveSettings
     from hal9999.hive.store import get_agent
 
     settings = HiveSettings(crash_loop=int(thread))

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from hal9999.config import HalConfig
     from hal9999.events.bus import EventBus
     from hal9999.events.hive import HiveEvent
-    from hal9999.hive.settings import HiveSettings
     from hal9999.hive.turns import HiveLoop
+    from hal9999.hivesettings import HiveSettings
     from hal9999.store import Store
 
 

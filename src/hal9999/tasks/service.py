@@ -179,7 +179,7 @@ class TaskService(TaskSecrets):
         check_provider_tables(config)  # names the config's own mistakes before the request's
         log_cap_from(self.environ)  # a bad HAL_LOG_CAP_MB fails here, not at the launch
         if config.hive:  # a typo in [hive] is named as in every other table (none: no import)
-            from hal9999.hive.settings import hive_settings
+            from hal9999.hivesettings import hive_settings
 
             hive_settings(config)
         settings = config.agent_settings(req.agent)
