@@ -22,8 +22,8 @@ from hal9999.store import Store, TaskRecord
 
 pytestmark = pytest.mark.timeout(240)
 
-# `daemon` carries out spawn and destroy proposals as `hal serve` does; the actions below
-# use it, `store`, `home` and `thread`.
+# `hive_api` carries out spawn and destroy proposals as `hal serve` does; the actions below
+# use it, `daemon`, `store`, `home` and `thread`.
 DAEMON = textwrap.dedent(
     """
     from types import SimpleNamespace
@@ -31,7 +31,7 @@ DAEMON = textwrap.dedent(
     from hal9999.hive import agents, approvals
     from hal9999.hivesettings import HiveSettings
     from hal9999.hive.turns import HiveLoop
-    from hal9999.server.threads_api import use_hive_for_agents
+    from hal9999.hive.api import HiveAPI
     from hal9999.pool.settings import scheduler_settings
     from hal9999.tasks.scheduler import Scheduler
     from hal9999.tasks.served import ServedTaskAPI
@@ -42,10 +42,10 @@ DAEMON = textwrap.dedent(
     scheduler = Scheduler(service, scheduler_settings(config, {}), lambda name: 1)
     tasks = ServedTaskAPI(service, scheduler, None)
     daemon = SimpleNamespace(store=store, config=config, hive=HiveLoop(tasks, HiveSettings()))
-    use_hive_for_agents(daemon)
+    hive_api = HiveAPI(store, config, HiveSettings(), daemon.hive, None)
     """
 )
-APPROVE = "asyncio.run(approvals.approve(store, thread))"
+APPROVE = "asyncio.run(hive_api.approve(thread, reason=None))"
 # The manager boss calls restart(bob) with its approved proposal; prints what it was told.
 RESTART = textwrap.dedent(
     """
