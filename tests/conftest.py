@@ -302,11 +302,11 @@ def _require_components(request: pytest.FixtureRequest) -> None:
 @pytest.fixture(autouse=True)
 def _host_totals() -> Iterator[None]:
     """Each test starts from the host's totals: a config a test loads sets its own for the
-    process (``totals.use_totals``), which would size the next test's defaults."""
+    process (``hostlimits.use_totals``), which would size the next test's defaults."""
     yield
-    from hal9999.providers.host import totals
+    from hal9999 import hostlimits
 
-    totals.use_totals(None)
+    hostlimits.use_totals(None)
 
 
 @pytest.fixture

@@ -43,8 +43,8 @@ class DaemonParts:
         # Imported here: an in-process run (local_service) loads none of the daemon's parts.
         from hal9999.events.bus import EventBus
         from hal9999.hive.api import HiveAPI
-        from hal9999.hive.settings import hive_settings
         from hal9999.hive.turns import HiveLoop
+        from hal9999.hivesettings import hive_settings
         from hal9999.pool import SlotDir, WarmPool
         from hal9999.pool.settings import scheduler_settings
         from hal9999.tasks.recovery import Recovery

@@ -116,7 +116,7 @@ class AgentConfig(_Config):
 class TotalsConfig(_Config):
     """What every sandbox of hal's on this host may use together (``[totals]``): the limits
     of the cgroup that holds them all, which also size each sandbox's defaults
-    (:mod:`hal9999.providers.limits`). A value over what the host has is refused."""
+    (:mod:`hal9999.hostlimits`). A value over what the host has is refused."""
 
     memory_mb: int | None = Field(default=None, ge=0)
     """Memory of every sandbox together, in MiB (``HAL_TOTAL_MEMORY_MB``); unset: 75% of the
@@ -238,7 +238,7 @@ class HalConfig(_Config):
     """Default network access of sandboxes (``HAL_NETWORK``)."""
     resources: Resources = Resources.model_construct()  # Resources(), unbuilt (spec.py)
     """Default resource limits (``HAL_MEMORY_MB``, ``HAL_CPUS``, ``HAL_PIDS``, ``HAL_DISK_MB``,
-    ``HAL_DISK_FILES``); unset ones get safe defaults, ``0`` means unlimited (limits.py)."""
+    ``HAL_DISK_FILES``); unset ones get safe defaults, ``0`` means unlimited (hostlimits.py)."""
     totals: TotalsConfig = TotalsConfig.model_construct()  # TotalsConfig(), unbuilt
     """Limits of every sandbox together (``[totals]``, ``HAL_TOTAL_MEMORY_MB``,
     ``HAL_TOTAL_PIDS``); unset ones get the host's defaults, ``0`` means no bound."""
@@ -264,7 +264,7 @@ class HalConfig(_Config):
     serializer at import for a run that reads no ``[gateway]``; it equals
     ``GatewayConfig()`` (``tests/test_config.py``)."""
     hive: dict[str, Any] = Field(default_factory=dict)
-    """Hive settings (``[hive]``), validated by :mod:`hal9999.hive.settings`."""
+    """Hive settings (``[hive]``), validated by :mod:`hal9999.hivesettings`."""
     _origin: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
     # Which file or variable set each key (kept by copies; lost when sent as JSON); read
     # by :mod:`hal9999.config_origin`.
@@ -455,7 +455,7 @@ def load_config_sources(
             project = ProjectConfig(project_file, trusted=True)
         else:
             # Narrowing is judged against what the user's own layers give.
-            from hal9999.providers.limits import defaults  # only for an untrusted file
+            from hal9999.hostlimits import defaults  # only for an untrusted file
 
             table, ignored = narrow_project_table(
                 table, _validate(base, here).model_dump(), defaults().model_dump()

@@ -32,9 +32,9 @@ from hal9999.events.rotation import rotate_events, rotate_log, with_rotated
 from hal9999.hive import broker, reminders
 from hal9999.hive.agents import AgentDir
 from hal9999.hive.selfwake import self_wake_ready
-from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import get_agent
 from hal9999.hive.turns import HiveLoop
+from hal9999.hivesettings import HiveSettings
 from hal9999.store import Store
 from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService

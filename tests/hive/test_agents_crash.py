@@ -22,16 +22,16 @@ from hal9999.store import Store, TaskRecord
 
 pytestmark = pytest.mark.timeout(240)
 
-# `daemon` carries out spawn and destroy proposals as `hal serve` does; the actions below
-# use it, `store`, `home` and `thread`.
+# `hive_api` carries out spawn and destroy proposals as `hal serve` does; the actions below
+# use it, `daemon`, `store`, `home` and `thread`.
 DAEMON = textwrap.dedent(
     """
     from types import SimpleNamespace
     from hal9999.config import HalConfig
     from hal9999.hive import agents, approvals
-    from hal9999.hive.settings import HiveSettings
+    from hal9999.hivesettings import HiveSettings
     from hal9999.hive.turns import HiveLoop
-    from hal9999.server.threads_api import use_hive_for_agents
+    from hal9999.hive.api import HiveAPI
     from hal9999.pool.settings import scheduler_settings
     from hal9999.tasks.scheduler import Scheduler
     from hal9999.tasks.served import ServedTaskAPI
@@ -42,10 +42,10 @@ DAEMON = textwrap.dedent(
     scheduler = Scheduler(service, scheduler_settings(config, {}), lambda name: 1)
     tasks = ServedTaskAPI(service, scheduler, None)
     daemon = SimpleNamespace(store=store, config=config, hive=HiveLoop(tasks, HiveSettings()))
-    use_hive_for_agents(daemon)
+    hive_api = HiveAPI(store, config, HiveSettings(), daemon.hive, None)
     """
 )
-APPROVE = "asyncio.run(approvals.approve(store, thread))"
+APPROVE = "asyncio.run(hive_api.approve(thread, reason=None))"
 # The manager boss calls restart(bob) with its approved proposal; prints what it was told.
 RESTART = textwrap.dedent(
     """
@@ -188,7 +188,7 @@ def test_an_agent_whose_removal_a_kill_cut_short_is_removed_by_the_next_rm_whate
 ON_CRASH = textwrap.dedent(
     """
     from hal9999.hive import watch
-    from hal9999.hive.settings import HiveSettings
+    from hal9999.hivesettings import HiveSettings
     from hal9999.hive.store import get_agent
 
     settings = HiveSettings(crash_loop=int(thread))

@@ -349,7 +349,7 @@ async def test_retention_removes_the_pins_of_the_proposals_it_removes_even_when_
                      " resolved = resolved - 40 * 86400")  # fmt: skip
     vacuumed = (
         "from hal9999.hive.retention import vacuum\n"
-        "from hal9999.hive.settings import HiveSettings\n"
+        "from hal9999.hivesettings import HiveSettings\n"
         "vacuum(store, HiveSettings())\n"
     )
     for after in range(1, 6):  # killed right after the commit that removes the rows

@@ -75,11 +75,7 @@ async def test_spawn_and_destroy_run_their_executor_once_approved(store: Store) 
         with hive_write(store) as (conn, recorded):
             settle(conn, recorded, {"spawned": approval.payload["name"]})
 
-    approvals.set_executor("spawn", spawn)
-    try:
-        done = await approvals.approve(store, proposal.id)
-    finally:
-        approvals.set_executor("spawn", None)
+    done = await approvals.approve(store, proposal.id, executors={"spawn": spawn})
     assert [a.id for a in seen] == [proposal.id]
     assert done.state == "approved" and done.result == {"spawned": "carol"}
     assert "approved" in broker.inbox(store, "alice")[0].body

@@ -130,7 +130,7 @@ from pathlib import Path
 from hal9999.errors import HalError
 from hal9999.config import load_config
 from hal9999.hive import turns
-from hal9999.hive.settings import HiveSettings
+from hal9999.hivesettings import HiveSettings
 from hal9999.store import Store
 from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService

@@ -20,7 +20,6 @@ from hal9999.hive import broker, stats, watch
 from hal9999.hive.agents import TURN_CHARS, TURN_ITEMS, AgentDir, build_prompt, first_batch, spawn
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.retention import DAY_S, vacuum
-from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import (
     AgentPolicy,
     AgentRecord,
@@ -31,6 +30,7 @@ from hal9999.hive.store import (
     record_hive_event,
 )
 from hal9999.hive.turns import HiveLoop
+from hal9999.hivesettings import HiveSettings
 from hal9999.store import Store, TaskRecord
 from hal9999.store.gateway import GatewayRequest
 

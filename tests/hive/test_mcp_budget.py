@@ -144,7 +144,7 @@ async def test_the_daemon_holds_a_bounded_number_of_connections(
 def test_the_bounds_are_hive_settings_the_daemon_hands_to_its_hub(tmp_path: Path) -> None:
     from hal9999.config import HalConfig
     from hal9999.errors import ConfigError
-    from hal9999.hive.settings import hive_settings
+    from hal9999.hivesettings import hive_settings
     from hal9999.server.daemon import Daemon
     from hal9999.server.mcp import hub_for
 

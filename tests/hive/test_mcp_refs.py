@@ -60,8 +60,8 @@ async def test_a_sub_task_no_gateway_measured_counts_what_its_agent_reported(
 ) -> None:
     # Without a gateway (none configured) a sub-task's spend is what its agent reported, as
     # for a turn; the hive's budget counted only gateway rows, so sub-tasks spent past it.
-    from hal9999.hive.settings import HiveSettings
     from hal9999.hive.turns import HiveLoop
+    from hal9999.hivesettings import HiveSettings
     from hal9999.store import TaskRecord
 
     loop = HiveLoop.__new__(HiveLoop)  # its budget check only: no daemon

@@ -19,9 +19,9 @@ from hal9999.hive import broker, stats
 from hal9999.hive.agents import AgentDir, set_state
 from hal9999.hive.mcp import tools
 from hal9999.hive.mcp.tools import Hive
-from hal9999.hive.settings import HiveSettings, hive_settings
 from hal9999.hive.store import AgentRecord, insert_agent
 from hal9999.hive.turns import HiveLoop
+from hal9999.hivesettings import HiveSettings, hive_settings
 from hal9999.store import Store
 
 
@@ -288,8 +288,8 @@ async def test_sub_tasks_are_bounded_and_name_a_known_agent(world: World) -> Non
 async def test_sub_tasks_count_against_the_hive_budget_and_stop_once_it_is_spent(
     world: World,
 ) -> None:
-    from hal9999.hive.settings import HiveSettings
     from hal9999.hive.turns import HiveLoop
+    from hal9999.hivesettings import HiveSettings
     from hal9999.store.gateway import GatewayRequest
 
     loop = HiveLoop.__new__(HiveLoop)  # its budget check only: no daemon

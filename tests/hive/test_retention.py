@@ -18,8 +18,8 @@ from hal9999.hive import approvals, questions, reminders
 from hal9999.hive.agents import AgentDir
 from hal9999.hive.broker import OPERATOR, inbox, mark, send
 from hal9999.hive.retention import DAY_S, vacuum, vacuum_forever
-from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, insert_agent
+from hal9999.hivesettings import HiveSettings
 from hal9999.store import Store
 
 NONE_LEFT = {"messages": 0, "events": 0, "turns": 0, "approvals": 0, "questions": 0,

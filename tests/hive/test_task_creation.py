@@ -16,9 +16,9 @@ from tests.support.tasks import git_repo, trivial_request
 
 from hal9999.config import HalConfig
 from hal9999.hive import stats
-from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentRecord, get_agent, insert_agent
 from hal9999.hive.turns import HiveLoop
+from hal9999.hivesettings import HiveSettings
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.scheduler import Scheduler
 from hal9999.tasks.served import ServedTaskAPI

@@ -17,9 +17,9 @@ from hal9999.config import HalConfig
 from hal9999.errors import HiveError
 from hal9999.hive import broker
 from hal9999.hive.agents import AgentDir
-from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import get_agent, update_agent
 from hal9999.hive.turns import HiveLoop
+from hal9999.hivesettings import HiveSettings
 from hal9999.store import Store
 from hal9999.tasks.served import ServedTaskAPI
 from hal9999.tasks.service import TaskService

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 
 from hal9999.errors import ConfigError, UsageError
-from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentPolicy, AgentRecord, insert_agent, update_agent
 from hal9999.hive.warm import WarmHolds, warm_policy
+from hal9999.hivesettings import HiveSettings
 from hal9999.pool import ProviderSettings, SlotDir, WarmPool
 from hal9999.providers.fake.provider import FakeProvider, FakeSandbox
 from hal9999.spec import Bind, SandboxSpec

@@ -15,10 +15,10 @@ import docker.errors
 import pytest
 from tests.support.docker import docker_provider, docker_workspace
 
+from hal9999 import hostlimits
 from hal9999.errors import CapabilityError, ConfigError, ProviderError
 from hal9999.providers import limits
 from hal9999.providers.docker.provider import DockerProvider, container_name
-from hal9999.providers.host import totals
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, ShellCommand
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(180)]
@@ -121,7 +121,7 @@ async def test_limits_default_and_explicit(provider: DockerProvider, workspace: 
         expected = limits.effective(Resources())
         assert expected.pids is not None and expected.memory_mb is not None
         assert (host["PidsLimit"], host["Memory"]) == (expected.pids, expected.memory_mb << 20)
-        total = totals.default_totals().pids
+        total = hostlimits.default_totals().pids
         assert total is not None and expected.pids * 8 <= total
 
 

@@ -11,20 +11,20 @@ from typing import Any
 
 import pytest
 
+from hal9999 import hostlimits
 from hal9999.providers import limits
 from hal9999.providers.bwrap.provider import BwrapConfig, BwrapProvider, BwrapSandbox
-from hal9999.providers.host import totals
 from hal9999.spec import Resources, SandboxSpec, ShellCommand
 
 
 def test_unset_fields_get_the_defaults_and_zero_means_unlimited() -> None:
-    memory, pids = limits.host_memory_mb(), totals.host_pids_max()
+    memory, pids = limits.host_memory_mb(), hostlimits.host_pids_max()
     assert memory is not None and memory > 0 and pids is not None and pids > 0
     got = limits.effective(Resources())
     # Each default is the total's share of one of the tasks that may run at once (8), the
     # total 75% of the host's (RAM less 1 GiB), within the per-sandbox bounds.
     total_memory, total_pids = int(memory * 0.75) - 1024, int(pids * 0.75)
-    assert totals.totals() == (total_memory, total_pids, 8)
+    assert hostlimits.totals() == (total_memory, total_pids, 8)
     assert got.pids == max(256, min(4096, total_pids // 8))
     assert got.memory_mb == max(limits.MIN_DEFAULT_MEMORY_MB, min(memory // 2, total_memory // 8))
     assert got.cpus == len(os.sched_getaffinity(0))

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from hal9999 import hostlimits
 from hal9999.config import HalConfig
 from hal9999.providers import limits
 from hal9999.providers.bwrap.provider import BwrapSandbox
-from hal9999.providers.host import cgroups, totals
+from hal9999.providers.host import cgroups
 from hal9999.spec import SandboxSpec
 from hal9999.tasks.plugins import load_provider_for
 
@@ -112,7 +113,7 @@ async def test_configured_totals_bound_the_parent_and_size_each_sandbox(
     hal_home: Path, make_sandbox: object, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Values under the host's defaults, so other runs sharing the parent lose nothing.
-    default = totals.default_totals()
+    default = hostlimits.default_totals()
     assert default.memory_mb is not None and default.pids is not None
     total_mb, total_pids = default.memory_mb - 64, default.pids - 64
     monkeypatch.setenv("HAL_MAX_CONCURRENT", "4")

@@ -483,7 +483,7 @@ def vacuum(dry_run: bool, as_json: bool) -> None:
     """Remove read messages, hive events, turn stats and closed threads past their
     retention ([hive]); nothing pending is ever removed."""
     from hal9999.hive.retention import vacuum as run_vacuum
-    from hal9999.hive.settings import hive_settings
+    from hal9999.hivesettings import hive_settings
 
     a = app()
     counts = run_vacuum(a.store, hive_settings(a.config), home=a.config.home, dry_run=dry_run)

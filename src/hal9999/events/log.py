@@ -39,7 +39,7 @@ from hal9999.events.flusher import FLUSHER, _numbered
 from hal9999.events.models import Event
 from hal9999.events.reader import lines_backwards, parse_line, read_events
 from hal9999.home import unusable_session_file
-from hal9999.providers.hostread import write_all
+from hal9999.hostread import write_all
 from hal9999.redact import SecretMasker
 from hal9999.store import Store
 

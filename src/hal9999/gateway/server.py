@@ -24,8 +24,8 @@ from hal9999.gateway import door
 from hal9999.gateway.channel import GatewayPaths, Grant
 from hal9999.gateway.egress import MAX_HEAD, EgressProxy
 from hal9999.gateway.proxy import Gateway
+from hal9999.statuses import RESTING
 from hal9999.store import Store
-from hal9999.tasks.state import RESTING
 from hal9999.unixsock import bound
 
 logger = logging.getLogger(__name__)

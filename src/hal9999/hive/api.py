@@ -15,7 +15,13 @@ from hal9999.hive import agents, approvals, broker, questions, stats
 from hal9999.hive.broker import OPERATOR, Message
 from hal9999.hive.reminders import list_reminders
 from hal9999.hive.retention import vacuum
-from hal9999.hive.store import AgentRecord, get_agent, hive_events_after, list_agents
+from hal9999.hive.store import (
+    AgentRecord,
+    check_name,
+    get_agent,
+    hive_events_after,
+    list_agents,
+)
 from hal9999.hive.threads import Approval, OpenThreads, Question, Reminder, open_threads
 from hal9999.hive.warm import warm_policy
 from hal9999.tasks.pages import PAGE
@@ -24,8 +30,8 @@ if TYPE_CHECKING:
     from hal9999.config import HalConfig
     from hal9999.events.bus import EventBus
     from hal9999.events.hive import HiveEvent
-    from hal9999.hive.settings import HiveSettings
     from hal9999.hive.turns import HiveLoop
+    from hal9999.hivesettings import HiveSettings
     from hal9999.store import Store
 
 
@@ -46,6 +52,29 @@ class HiveAPI:
         self.loop = loop
         """The turn loop: an agent's stop, start and removal go through it."""
         self.bus = bus
+        self.executors: dict[str, approvals.Executor] = {
+            "spawn": self._spawn_approved,
+            "destroy": self._destroy_approved,
+        }
+        """What approving a ``spawn`` or ``destroy`` proposal does: it acts through this hive."""
+
+    async def _spawn_approved(self, approval: Approval, settle: approvals.Settle) -> None:
+        data = approval.payload
+        name = check_name(str(data.get("name", "")))
+        agent = str(data.get("agent") or self.config.default_agent)
+        await agents.spawn(
+            self.store, self.config, name, agent=agent,
+            provider=str(data.get("provider") or self.config.default_provider),
+            repo=data.get("repo"), role=data.get("role"),
+            also=lambda conn, recorded: settle(conn, recorded, {"spawned": name, "agent": agent}),
+        )  # fmt: skip
+
+    async def _destroy_approved(self, approval: Approval, settle: approvals.Settle) -> None:
+        name = check_name(str(approval.payload.get("name", "")))
+        await self.loop.remove_agent(
+            name, spare=approval.id,
+            also=lambda conn, recorded: settle(conn, recorded, {"destroyed": name}),
+        )  # fmt: skip
 
     # -- agents --------------------------------------------------------------------------
     async def spawn(
@@ -147,7 +176,9 @@ class HiveAPI:
 
     async def approve(self, approval_id: str, *, reason: str | None) -> Approval:
         """Approve a proposal and carry it out (the proposer is told)."""
-        return await approvals.approve(self.store, approval_id, reason=reason)
+        return await approvals.approve(
+            self.store, approval_id, reason=reason, executors=self.executors
+        )
 
     async def deny(self, approval_id: str, *, reason: str) -> Approval:
         """Deny a proposal; the reason reaches the proposer."""

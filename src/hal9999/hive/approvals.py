@@ -17,7 +17,7 @@ import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,15 +57,6 @@ Executor = Callable[[Approval, Settle], Awaitable[None]]
 """What carries out an approved proposal of one kind, settling it in the transaction that
 commits what it did: a process killed at any moment leaves the proposal pending with
 nothing done (approving again does it), or approved and done, never one without the other."""
-_EXECUTORS: dict[str, Executor] = {}
-
-
-def set_executor(kind: ApprovalKind, executor: Executor | None) -> None:
-    """Register what approving a ``spawn`` or ``destroy`` proposal does (the hive's agents)."""
-    if executor is None:
-        _EXECUTORS.pop(kind, None)
-    else:
-        _EXECUTORS[kind] = executor
 
 
 def branch_of(agent: str) -> str:
@@ -310,10 +301,16 @@ def _with_reason(text: str, reason: str | None) -> str:
 
 
 async def approve(
-    store: Store, approval_id: str, *, by: str = OPERATOR, reason: str | None = None
+    store: Store,
+    approval_id: str,
+    *,
+    by: str = OPERATOR,
+    reason: str | None = None,
+    executors: Mapping[str, Executor] | None = None,
 ) -> Approval:
     """Carry out a pending proposal, then mark it approved and tell the proposer (a spawn
-    or destroy: in the transaction that commits the agent's record, or its removal).
+    or destroy: by its kind's ``executors``, the hive's where it runs, in the transaction
+    that commits the agent's record, or its removal).
 
     When carrying it out is refused (a conflict, a moved branch), nothing changes and the
     proposal stays pending, so the operator can deny it with a reason or try again."""
@@ -321,7 +318,7 @@ async def approve(
         check_text(reason, "reason")
     approval = await asyncio.to_thread(_pending, store, approval_id)
     if approval.kind in ("spawn", "destroy"):
-        return await _carry_out_agent(store, approval, by, reason)
+        return await _carry_out_agent(store, approval, by, reason, executors or {})
     result = await _carry_out(approval)
     what = _done(approval, result)
     body = _with_reason(f"Your proposal {approval.id} ({approval.title}) was approved by {by}"
@@ -341,9 +338,13 @@ async def _carry_out(approval: Approval) -> dict[str, Any]:
 
 
 async def _carry_out_agent(
-    store: Store, approval: Approval, by: str, reason: str | None
+    store: Store,
+    approval: Approval,
+    by: str,
+    reason: str | None,
+    executors: Mapping[str, Executor],
 ) -> Approval:
-    executor = _EXECUTORS.get(approval.kind)
+    executor = executors.get(approval.kind)
     if executor is None:
         raise ThreadStateError(
             f"a {approval.kind} proposal can only be carried out where the hive runs",

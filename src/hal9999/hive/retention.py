@@ -22,7 +22,7 @@ import logging
 import time
 from pathlib import Path
 
-from hal9999.hive.settings import HiveSettings
+from hal9999.hivesettings import HiveSettings
 from hal9999.store import Store
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,6 @@ from hal9999.hive.agentfiles import bound_files
 from hal9999.hive.agents import AgentDir, build_prompt, first_batch, set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.selfwake import SelfWakes
-from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import (
     AgentRecord,
     InTransaction,
@@ -49,6 +48,7 @@ from hal9999.hive.store import (
 )
 from hal9999.hive.threads import open_count
 from hal9999.hive.warm import WarmHolds
+from hal9999.hivesettings import HiveSettings
 from hal9999.store import TaskRecord
 from hal9999.tasks.request import run_request
 from hal9999.tasks.sandboxes import PoolSource

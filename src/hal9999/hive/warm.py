@@ -22,9 +22,9 @@ import time
 from dataclasses import dataclass
 
 from hal9999.errors import ConfigError, HalError, TaskNotFound
-from hal9999.hive.settings import HiveSettings
 from hal9999.hive.store import AgentPolicy, AgentRecord, agent_of_task, list_agents
 from hal9999.hive.watch import crash_reason
+from hal9999.hivesettings import HiveSettings
 from hal9999.pool import Lease
 from hal9999.pool.slots import pool_key
 from hal9999.providers.base import Provider, Sandbox, WorkspaceAttach

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from hal9999.events.hive import AgentCrashed, HiveEvent
 from hal9999.hive.agents import set_state
 from hal9999.hive.broker import OPERATOR, SYSTEM, Message, commit, prepare, wake
-from hal9999.hive.settings import HiveSettings
 from hal9999.hive.stats import TurnResult
 from hal9999.hive.store import AgentRecord, insert_hive_event, list_agents
+from hal9999.hivesettings import HiveSettings
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.retry import TRANSIENT_CODES
 from hal9999.tasks.state import TaskStatus

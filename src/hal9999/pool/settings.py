@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from hal9999.config import HalConfig
 from hal9999.errors import ConfigError
-from hal9999.providers.host.totals import DEFAULT_CONCURRENT
+from hal9999.hostlimits import DEFAULT_CONCURRENT
 from hal9999.spec import NetworkMode, Resources
 from hal9999.values import defaults_of, describe, setting_hint, with_others
 

@@ -19,13 +19,13 @@ from pathlib import Path
 
 from hal9999 import procs
 from hal9999.errors import ProcessError
+from hal9999.hostread import read_all
 from hal9999.process.base import STOP_WAIT_S, ProcessStatus, read_exit_status
 from hal9999.process.forkserver import ForkServerClient, ServerUnavailable
 from hal9999.process.launch import supervised
 from hal9999.process.supervisor import unstarted_path
 from hal9999.process.supervisorargv import FORK_SERVER, SUPERVISOR
 from hal9999.providers.base import Sandbox
-from hal9999.providers.hostread import read_all
 from hal9999.spec import ProcessSpec
 
 

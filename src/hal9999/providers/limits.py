@@ -1,23 +1,8 @@
-"""Default resource limits, and what a spec's limits come to on a provider that enforces them.
+"""What a spec's limits come to on a provider that enforces them, and the disk watchdog.
 
-A :class:`Resources` field left unset gets the default below (a sandbox is never unlimited by
-accident); ``0`` asks for no limit. The defaults bound what one runaway task can take from the
-host, and what all of them can take together (:class:`Totals`: the cgroup holding every
-sandbox of hal's has its own memory and pids limits), while leaving a normal build its room:
-
-- ``pids`` the total's share of one of the tasks that may run at once (at most 4096, at least
-  256): far above what a compiler or test runner forks, far below a fork bomb's need, and
-  the sandboxes that may run at once cannot use up the host's pids together;
-- ``memory_mb`` the total's share of one task (at most half the host's RAM, at least 512): as
-  many tasks as may run at once, each at its limit, stay within the total, and the total
-  leaves the host its reserve, so no set of tasks pushes the host into its OOM killer;
-- ``cpus`` every core: no slowdown, but a quota the task cannot raise;
-- ``disk_mb`` 20 GiB: workspace, home and scratch together, and no single file larger;
-- ``disk_files`` 1 Mi files (names) in the same places: about the inodes 20 GiB brings on
-  ext4 (one per 16 KiB), so one agent's empty files cannot use up the disk's inodes and stop
-  every other task with ``disk_full`` (a checkout of a large monorepo is a few 100k).
+The defaults a :class:`Resources` field left unset gets are :mod:`hal9999.hostlimits`'s
+(``0`` asks for no limit); a provider reads them here.
 """
-
 
 import contextlib
 import os
@@ -29,17 +14,19 @@ from typing import NamedTuple, Protocol, runtime_checkable
 
 from hal9999 import fs
 from hal9999.errors import DiskFull, DiskLimitExceeded
-from hal9999.providers.host.totals import MIN_DEFAULT_MEMORY_MB as MIN_DEFAULT_MEMORY_MB
-from hal9999.providers.host.totals import MIN_DEFAULT_PIDS, Totals, totals
-from hal9999.providers.host.totals import host_memory_mb as host_memory_mb
+from hal9999.hostlimits import DEFAULT_DISK_FILES as DEFAULT_DISK_FILES
+from hal9999.hostlimits import DEFAULT_DISK_MB as DEFAULT_DISK_MB
+from hal9999.hostlimits import DEFAULT_MEMORY_SHARE as DEFAULT_MEMORY_SHARE
+from hal9999.hostlimits import DEFAULT_PIDS as DEFAULT_PIDS
+from hal9999.hostlimits import MIN_DEFAULT_MEMORY_MB as MIN_DEFAULT_MEMORY_MB
+from hal9999.hostlimits import Totals, totals
+from hal9999.hostlimits import defaults as defaults
+from hal9999.hostlimits import effective as effective
+from hal9999.hostlimits import explicit as explicit
+from hal9999.hostlimits import host_cpus as host_cpus
+from hal9999.hostlimits import host_memory_mb as host_memory_mb
 from hal9999.spec import Resources
 
-DEFAULT_PIDS = 4096
-"""The most pids a sandbox gets by default (less when the total's share is less)."""
-DEFAULT_MEMORY_SHARE = 0.5
-"""Share of the host's RAM a sandbox may use by default, at most."""
-DEFAULT_DISK_MB = 20 << 10
-DEFAULT_DISK_FILES = 1 << 20
 FIRST_DISK_CHECK_S = 1.0
 DISK_CHECK_S = 10.0
 """The watchdog measures after 1 s, then backs off to every 10 s (``du`` walks the tree)."""
@@ -59,51 +46,6 @@ FULL_BELOW_FILES_SHARE = 0.005
 :data:`FULL_BELOW_FILES`) on the disk of hal's home counts as full too: a file takes one
 whatever its size, and an agent's millions of empty files fill a disk that no
 byte count (``du``, free space) sees filling."""
-
-
-def host_cpus() -> float:
-    """The cores this process may run on (read each time: ``taskset`` or a cgroup's cpuset
-    can change them while hal runs)."""
-    return float(len(os.sched_getaffinity(0)) or 1)
-
-
-def defaults(cpus: float | None = None) -> Resources:
-    """The limits a sandbox gets for every field its spec leaves unset (``cpus``: the host's
-    cores as the caller read them, else read here)."""
-    memory = host_memory_mb()
-    total = totals()
-    share = None if memory is None else int(memory * DEFAULT_MEMORY_SHARE)
-    if total.memory_mb is not None:
-        share = min(share or total.memory_mb, total.memory_mb // total.concurrent)
-    pids = DEFAULT_PIDS
-    if total.pids is not None:
-        pids = max(MIN_DEFAULT_PIDS, min(pids, total.pids // total.concurrent))
-    return Resources(
-        cpus=host_cpus() if cpus is None else cpus,
-        memory_mb=None if share is None else max(MIN_DEFAULT_MEMORY_MB, share),
-        pids=pids,
-        disk_mb=DEFAULT_DISK_MB,
-        disk_files=DEFAULT_DISK_FILES,
-    )
-
-
-def effective(resources: Resources, cpus: float | None = None) -> Resources:
-    """``resources`` with unset fields defaulted and ``0`` turned into ``None`` (no limit)."""
-    base = defaults(cpus)
-    values = {}
-    for name in Resources.model_fields:
-        value = getattr(resources, name)
-        if value is None:
-            value = getattr(base, name)
-        values[name] = value or None
-    return Resources.model_validate(values)
-
-
-def explicit(resources: Resources) -> Resources:
-    """Only the limits ``resources`` asks for by value (unset and ``0`` become ``None``)."""
-    return Resources.model_validate(
-        {name: getattr(resources, name) or None for name in Resources.model_fields}
-    )
 
 
 _CONTROLLER = {"memory_mb": "memory", "pids": "pids", "cpus": "cpu"}

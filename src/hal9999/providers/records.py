@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from hal9999 import fs
 from hal9999.errors import ProviderError, SandboxNotFound
-from hal9999.providers.hostread import read_all
+from hal9999.hostread import read_all
 
 RECORD = "sandbox.json"
 """The record's file name in the ``dir`` layout."""

@@ -33,7 +33,6 @@ from hal9999.home import HalPaths
 from hal9999.pool.settings import ProviderSettings
 from hal9999.providers.base import Provider
 from hal9999.server.runtime import DaemonFiles, DaemonInfo
-from hal9999.server.threads_api import use_hive_for_agents
 from hal9999.spec import SandboxSpec
 from hal9999.store import TaskRecord
 from hal9999.tasks.context import sandbox_spec
@@ -252,7 +251,6 @@ class Daemon:
         )
         broker.set_waker(self.hive.wake)
         hive_store.set_publisher(self.bus.publish_hive)
-        use_hive_for_agents(self)  # approved spawn/destroy proposals act through this hive
         self._loops += [
             asyncio.create_task(self.hive.run_forever(), name="hive"),
             asyncio.create_task(

@@ -3,7 +3,7 @@
 
 Whoever holds the daemon's bearer token is the operator: decisions and answers made here are
 the operator's (a body cannot name another decider). In this process, approved ``spawn`` and
-``destroy`` proposals are carried out by the hive itself (:func:`use_hive_for_agents`).
+``destroy`` proposals are carried out by the hive itself (:class:`~hal9999.hive.api.HiveAPI`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from hal9999.errors import ConfigError
-from hal9999.hive import approvals
-from hal9999.hive.store import check_name
-from hal9999.hive.threads import Approval
 from hal9999.server.routing import ApiRequest as Request
 from hal9999.server.routing import Router
 
@@ -26,32 +23,6 @@ def _reason(body: dict[str, Any]) -> str | None:
     if value is not None and not isinstance(value, str):
         raise ConfigError("reason must be a string")
     return value or None
-
-
-def use_hive_for_agents(daemon: Daemon) -> None:
-    """Approved spawn and destroy proposals act through this daemon's hive."""
-    from hal9999.hive import agents
-
-    async def spawn(approval: Approval, settle: approvals.Settle) -> None:
-        data = approval.payload
-        name = check_name(str(data.get("name", "")))
-        agent = str(data.get("agent") or daemon.config.default_agent)
-        await agents.spawn(
-            daemon.store, daemon.config, name, agent=agent,
-            provider=str(data.get("provider") or daemon.config.default_provider),
-            repo=data.get("repo"), role=data.get("role"),
-            also=lambda conn, recorded: settle(conn, recorded, {"spawned": name, "agent": agent}),
-        )  # fmt: skip
-
-    async def destroy(approval: Approval, settle: approvals.Settle) -> None:
-        name = check_name(str(approval.payload.get("name", "")))
-        await daemon.hive.remove_agent(
-            name, spare=approval.id,
-            also=lambda conn, recorded: settle(conn, recorded, {"destroyed": name}),
-        )  # fmt: skip
-
-    approvals.set_executor("spawn", spawn)
-    approvals.set_executor("destroy", destroy)
 
 
 def add_thread_routes(router: Router, daemon: Daemon) -> None:

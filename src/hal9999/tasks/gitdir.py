@@ -17,7 +17,7 @@ import stat
 from pathlib import Path
 
 from hal9999 import fs
-from hal9999.providers.hostread import read_text, write_text
+from hal9999.hostread import read_text, write_text
 
 # A key may follow its section's header on the same line; extensions.worktreeConfig has git
 # read config.worktree too, which may set core.worktree.

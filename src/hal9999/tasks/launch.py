@@ -17,10 +17,10 @@ from hal9999.config import HalConfig
 from hal9999.credentials import forwarded_env, install_files
 from hal9999.errors import AgentNotInstalled, HalError, RepoError
 from hal9999.events.models import Message, SandboxAcquired
+from hal9999.hostread import write_text
 from hal9999.process.base import ProcessManager, arm_start
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider, Sandbox
-from hal9999.providers.hostread import write_text
 from hal9999.spec import ProcessSpec, SandboxSpec
 from hal9999.store import Store
 from hal9999.tasks import collect, gitrepo, indexstat, mirror

@@ -41,7 +41,7 @@ from pathlib import Path
 from hal9999 import flock, fs
 from hal9999.errors import RepoError
 from hal9999.home import HalPaths
-from hal9999.providers.hostread import read_all, read_text
+from hal9999.hostread import read_all, read_text
 from hal9999.tasks.gitrepo import git
 
 OBJECTS_LINK = ".hal-objects"

@@ -11,12 +11,12 @@ from hal9999.config import HalConfig
 from hal9999.entrypoints import find_entry_point
 from hal9999.errors import ConfigError, HalError, UnknownAgent
 from hal9999.home import HalPaths
+from hal9999.hostlimits import Totals
 from hal9999.process.base import ProcessManager
 from hal9999.process.registry import GROUP as MANAGERS
 from hal9999.process.registry import available_process_managers
 from hal9999.process.registry import load_process_manager as _load_manager
 from hal9999.providers.base import Provider
-from hal9999.providers.host.totals import Totals
 from hal9999.providers.registry import GROUP, available_providers, check_table, load_provider
 from hal9999.tasks.request import provider_list
 from hal9999.values import every_error
@@ -65,20 +65,20 @@ def use_config_totals(config: HalConfig) -> None:
     """Use the config's ``[totals]`` in this process (:func:`config_totals`)."""
     import os
 
-    from hal9999.providers.host import totals
+    from hal9999 import hostlimits
 
-    totals.use_totals(config_totals(config, os.environ))
+    hostlimits.use_totals(config_totals(config, os.environ))
 
 
 def config_totals(config: HalConfig, environ: Mapping[str, str]) -> Totals:
     """The config's ``[totals]``, shared by the tasks that may run at once (``[scheduler]
     max_concurrent``); refused in one line when one exceeds the host, or a ``[resources]``
     limit exceeds its total."""
+    from hal9999 import hostlimits
     from hal9999.pool.settings import scheduler_settings
-    from hal9999.providers.host import totals
 
     concurrent = scheduler_settings(config, environ).max_concurrent
-    total = totals.Totals.of(config.totals.memory_mb, config.totals.pids, concurrent)
+    total = hostlimits.Totals.of(config.totals.memory_mb, config.totals.pids, concurrent)
     for name in ("memory_mb", "pids"):
         asked, bound = getattr(config.resources, name), getattr(total, name)
         if asked and bound is not None and asked > bound:
@@ -179,7 +179,7 @@ def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
 def section_problems(config: HalConfig, environ: Mapping[str, str]) -> list[HalError]:
     """Every problem :func:`check_sections` finds, each a line (each bad table, each bad key
     of it), in its order, none twice: ``hal doctor`` says them all in one run."""
-    from hal9999.hive.settings import hive_settings
+    from hal9999.hivesettings import hive_settings
     from hal9999.pool.settings import provider_settings, scheduler_settings
     from hal9999.process.caplog import log_cap_from
 

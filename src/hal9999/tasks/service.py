@@ -24,11 +24,11 @@ from hal9999.events.log import EventLog
 from hal9999.events.models import Event, Message, TaskCreated, TaskEnd
 from hal9999.events.writers import EventWriters
 from hal9999.home import HalPaths
+from hal9999.hostread import write_text
 from hal9999.pool.settings import provider_settings
 from hal9999.process.base import arm_start, never_started, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.providers.base import Provider
-from hal9999.providers.hostread import write_text
 from hal9999.redact import SecretMasker
 from hal9999.spec import ArgvCommand
 from hal9999.store import Store, TaskRecord
@@ -179,7 +179,7 @@ class TaskService(TaskSecrets):
         check_provider_tables(config)  # names the config's own mistakes before the request's
         log_cap_from(self.environ)  # a bad HAL_LOG_CAP_MB fails here, not at the launch
         if config.hive:  # a typo in [hive] is named as in every other table (none: no import)
-            from hal9999.hive.settings import hive_settings
+            from hal9999.hivesettings import hive_settings
 
             hive_settings(config)
         settings = config.agent_settings(req.agent)

@@ -1,57 +1,24 @@
-"""The task state machine, as data: the states, the allowed moves, and :func:`transition`,
-the one function that changes a task's status (checked, compare-and-set, with its event)."""
+"""The task state machine, as data: the allowed moves between the states of
+:mod:`hal9999.statuses` and :func:`transition`, the one function that changes a task's
+status (checked, compare-and-set, with its event)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hal9999.errors import TaskStateError
+from hal9999.statuses import ACTIVE as ACTIVE
+from hal9999.statuses import FINAL as FINAL
+from hal9999.statuses import FINAL_VALUES as FINAL_VALUES
+from hal9999.statuses import RESTING as RESTING
+from hal9999.statuses import RESUMABLE as RESUMABLE
+from hal9999.statuses import TaskStatus as TaskStatus
 
 if TYPE_CHECKING:  # the states alone are light: `hal task show` asks them
     from hal9999.events.models import Event
     from hal9999.store import Store, TaskRecord
 
-
-class TaskStatus(StrEnum):
-    """Where a task is in its life."""
-
-    QUEUED = "queued"  # created, waiting for a sandbox
-    PROVISIONING = "provisioning"  # acquiring a sandbox
-    PREPARING = "preparing"  # repo, branch, credentials, agent config into the session
-    RUNNING = "running"  # the agent runs
-    COLLECTING = "collecting"  # committing leftovers, bringing the branch back, writing the patch
-    SUCCEEDED = "succeeded"  # the agent exited 0 and the results were collected
-    FAILED = "failed"  # the agent or the infrastructure failed; results collected when possible
-    CANCELLED = "cancelled"  # the user cancelled; session kept, sandbox gone
-    TIMED_OUT = "timed_out"  # ran past its timeout; session kept, sandbox gone
-    STOPPED = "stopped"  # the user stopped it; session kept, resumable
-    INTERRUPTED = "interrupted"  # the hal process running it died; resumable
-
-
-ACTIVE = frozenset(
-    {
-        TaskStatus.QUEUED,
-        TaskStatus.PROVISIONING,
-        TaskStatus.PREPARING,
-        TaskStatus.RUNNING,
-        TaskStatus.COLLECTING,
-    }
-)
-FINAL = frozenset(
-    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT}
-)
-RESUMABLE = frozenset(
-    {
-        TaskStatus.STOPPED,
-        TaskStatus.INTERRUPTED,
-        TaskStatus.FAILED,
-        TaskStatus.SUCCEEDED,
-        TaskStatus.TIMED_OUT,
-        TaskStatus.CANCELLED,
-    }
-)
 
 _ENDINGS = {TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.STOPPED, TaskStatus.INTERRUPTED}
 
@@ -95,12 +62,6 @@ def _allowed(current: str, target: TaskStatus, via: TaskStatus | None) -> bool:
     if via is None:
         return target in TRANSITIONS[src]
     return via in TRANSITIONS[src] and target in TRANSITIONS[via]
-
-
-FINAL_VALUES = tuple(sorted(state.value for state in FINAL))
-""":data:`FINAL` as names, in one order (for SQL)."""
-RESTING = FINAL | {TaskStatus.STOPPED, TaskStatus.INTERRUPTED}
-"""States a task stays in until someone acts; reaching one is committed durably (fsync)."""
 
 
 class EventWriter(Protocol):

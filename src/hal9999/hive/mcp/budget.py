@@ -39,7 +39,7 @@ socket past twice this."""
 
 
 class McpLimits(NamedTuple):
-    """The bounds of ``[hive]`` (see :class:`~hal9999.hive.settings.HiveSettings`)."""
+    """The bounds of ``[hive]`` (see :class:`~hal9999.hivesettings.HiveSettings`)."""
 
     connections_per_agent: int = 8
     connections: int = 4096

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hal9999.errors import HalError, HiveLimited, TaskStateError, UsageError
 from hal9999.hive import broker, subtasks
-from hal9999.hive.settings import HiveSettings
+from hal9999.hivesettings import HiveSettings
 from hal9999.redact import SecretMasker
 from hal9999.store import Store, TaskRecord
 from hal9999.tasks.request import RunRequest, run_request

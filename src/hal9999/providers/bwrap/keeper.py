@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from hal9999.errors import ProviderError
+from hal9999.hostread import read_all
 from hal9999.procs import kill_pinned, run_captured
 from hal9999.providers.host import exec as hostexec
-from hal9999.providers.hostread import read_all
 
 MARKER_VAR = "HAL_KEEPER"
 """In a keeper's environment: the sandbox's host directory (not ``HAL_SANDBOX``: it is hal's

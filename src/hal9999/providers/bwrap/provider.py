@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from hal9999 import hostread
 from hal9999.envvars import env_argv
 from hal9999.errors import HalError, ProviderError, ProviderUnavailable, SandboxNotFound
-from hal9999.providers import hostread
 from hal9999.providers.base import STDOUT_LIMIT, Capabilities, Command, ExecResult, Launch
 from hal9999.providers.bwrap import etc as hostetc
 from hal9999.providers.bwrap import keeper as keepers

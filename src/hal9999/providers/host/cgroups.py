@@ -2,7 +2,7 @@
 
 A sandbox's cgroup lives at ``<hierarchy>/hal9999/<sandbox-id>`` (one directory per v1
 hierarchy, one in total on v2). The parent, ``<hierarchy>/hal9999``, carries the totals of
-:func:`hal9999.providers.host.totals.totals` as its memory and pids limits: whatever each sandbox
+:func:`hal9999.hostlimits.totals` as its memory and pids limits: whatever each sandbox
 may use, all of them together stay within them.
 
 Nothing here moves the calling process: a launcher writes itself into
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from hal9999.errors import CapabilityError, ProviderError
-from hal9999.providers.hostread import read_all
+from hal9999.hostread import read_all
 from hal9999.spec import Resources
 
 PARENT = "hal9999"
@@ -310,7 +310,7 @@ class CgroupHost(NamedTuple):
     def _bound_parent(self) -> None:
         """Write the totals (:func:`.totals.totals`) into the parent's limits, unless this
         process wrote the same already (one look-up, not two writes, per sandbox)."""
-        from hal9999.providers.host.totals import totals
+        from hal9999.hostlimits import totals
 
         total = totals()
         values = {

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Literal
 
 from hal9999.errors import ExecError, ProviderError
+from hal9999.hostread import read_all
 from hal9999.procs import kill_pinned
 from hal9999.providers.base import STDOUT_LIMIT, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import collect
 from hal9999.providers.host.user import trusted_program
-from hal9999.providers.hostread import read_all
 
 LAUNCHER_SCRIPT = (
     'f=; if [ "$1" = --parent ]; then [ "$2" = "$PPID" ] || exit 137; f=$2; shift 2; fi; '

@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal, get_args
 from pydantic import BaseModel
 
 from hal9999.errors import CapabilityError, ExecError, ProviderError, SandboxNotFound
+from hal9999.hostread import read_all
 from hal9999.providers import limits
 from hal9999.providers.base import (
     STDOUT_LIMIT,
@@ -42,7 +43,6 @@ from hal9999.providers.host import user as sandboxuser
 from hal9999.providers.host.records import RecordStore as RecordStore
 from hal9999.providers.host.records import SandboxRecord as SandboxRecord
 from hal9999.providers.host.records import check_spec as check_spec
-from hal9999.providers.hostread import read_all
 from hal9999.spec import ArgvCommand, Resources, SandboxSpec, display
 
 STATES = frozenset(get_args(SandboxState))

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from hal9999.errors import HalError
+from hal9999.hostread import write_all
 from hal9999.providers.base import StreamEvent
-from hal9999.providers.hostread import write_all
 from hal9999.spec import ArgvCommand
 
 STOPPED = 143

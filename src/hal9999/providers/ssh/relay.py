@@ -23,9 +23,9 @@ from typing import Any
 
 from hal9999 import unixsock
 from hal9999.errors import HalError
+from hal9999.hostread import write_all
 from hal9999.process.tmux import verbatim
 from hal9999.providers.host.exec import EXEC_MARKER_VAR
-from hal9999.providers.hostread import write_all
 from hal9999.providers.remote import relay as relaycore
 from hal9999.providers.remote.stdin import stdin_chunks
 from hal9999.providers.ssh import channel, mirror, remote, session

@@ -1,4 +1,5 @@
-"""The hive's settings (``[hive]`` in the config), with documented defaults."""
+"""The hive's settings (``[hive]`` in the config), with documented defaults: a config table,
+checked with the others (a run, ``hal doctor``), so it sits below the hive and the tasks."""
 
 from __future__ import annotations
 
