@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -35,7 +34,6 @@ from hal9999.envvars import env_argv
 from hal9999.errors import CloudNotFound, ExecError
 from hal9999.providers import limits
 from hal9999.providers.base import (
-    STDOUT_LIMIT,
     Command,
     ExecResult,
     Launch,
@@ -49,12 +47,10 @@ from hal9999.providers.k8s import execws
 from hal9999.providers.k8s.config import Cluster, KubernetesConfig
 from hal9999.providers.k8s.manifests import CONTAINER
 from hal9999.providers.records import JsonRecords
-from hal9999.providers.remote import relay as relaycore
 from hal9999.providers.remote.files import MirrorFiles
 from hal9999.providers.ssh import mirror, remote
 from hal9999.providers.ssh.records import MountRecord
-from hal9999.pymodule import module_argv
-from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
+from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
 
 WORKDIR, HOME = "/workspace", "/home/hal"
 STDIN_LEN = 'n=$1; shift; head -c "$n" | "$@"'
@@ -214,62 +210,12 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
         """Kill, until none is left, every process in the pod marked ``var=value``."""
         await self.run_raw(["sh", "-c", remote.KILL, "hal-kill", var, value], time_limit=30)
 
-    def _require_running(self) -> None:
-        state = self._records.load(self.id).state
-        if state != "running":
-            raise ExecError(f"sandbox {self.id} is {state}",
-                            hint="start the sandbox before running commands")  # fmt: skip
-
-    async def _run(self, command: Command, env: Mapping[str, str] | None, stdin: bytes,
-                   timeout: float | None,  # noqa: ASYNC109
-                   stdout_limit: int = STDOUT_LIMIT) -> ExecResult:  # fmt: skip
-        events = self._events(command, env, stdin, secrets.token_hex(8))
-        return await collect(events, time_limit=timeout, what=display(command),
-                             stdout_limit=stdout_limit)  # fmt: skip
-
-    async def exec(
-        self, command: Command, *, env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:  # fmt: skip
-        """Run a command to completion, then bring its changes back to the hal host."""
-        self._require_running()
-        await self.push(writable=False)
-        try:
-            return await self._run(command, env, stdin or b"", timeout, stdout_limit)
-        finally:
-            with contextlib.suppress(ExecError):
-                await self.pull()
-
-    async def exec_stream(
-        self, command: Command, *, env: Mapping[str, str] | None = None
-    ) -> AsyncIterator[StreamEvent]:
-        """Run a command, yielding output as it comes and the exit status last."""
-        self._require_running()
-        await self.push(writable=False)
-        try:
-            events = self._events(command, env, b"", secrets.token_hex(8))
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    yield event
-        finally:
-            with contextlib.suppress(ExecError):
-                await asyncio.shield(self.pull())
-
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The relay (:mod:`.relay`) running ``command`` in the pod: values ride in its
         environment, names in argv; it pushes, checkpoints and pulls as the ssh relay does."""
         full = self.command_env(command, env)
-        argv = [*module_argv("hal9999.providers.k8s.relay"), "--records",
-                str(self._records.root), "--id", self.id]  # fmt: skip
-        for name in sorted(full):
-            remote.check_name(name)
-            argv += ["--env", name]
-        if command.cwd:
-            argv += ["--cwd", command.cwd]
-        return Launch(argv=[*argv, "--", *to_argv(command)], env=full,
-                      stop_grace_s=relaycore.STOP_GRACE_S)  # fmt: skip
+        return remote.relay_launch("hal9999.providers.k8s.relay", self._records.root, self.id,
+                                   command, full)  # fmt: skip
 
     def attach_command(self) -> list[str]:
         """An interactive bash in the pod through the relay (no terminal: the exec stream
@@ -300,13 +246,6 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
         if not result.ok:
             raise ExecError(f"cannot send {mount.target} to the pod: "
                             f"{result.stderr.decode('utf-8', 'replace')[-300:]}")  # fmt: skip
-
-    async def pull(self) -> None:
-        """Bring every writable directory with a host counterpart back to the hal host."""
-        async with self._sync:
-            for mount in self._record.mounts:
-                if mount.host is not None and mount.writable:
-                    await self._pull_one(mount)
 
     async def _pull_one(self, mount: MountRecord) -> None:
         assert mount.host is not None
