@@ -28,8 +28,6 @@ from collections.abc import (
 )
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from hal9999.envvars import env_argv
 from hal9999.errors import CloudNotFound, ExecError
 from hal9999.providers import limits
@@ -37,8 +35,6 @@ from hal9999.providers.base import (
     Command,
     ExecResult,
     Launch,
-    SandboxInfo,
-    SandboxState,
     StreamEvent,
 )
 from hal9999.providers.handle import SandboxHandle, collect
@@ -46,7 +42,7 @@ from hal9999.providers.host.exec import EXEC_MARKER_VAR, MARKER_VAR
 from hal9999.providers.k8s import execws
 from hal9999.providers.k8s.config import Cluster, KubernetesConfig
 from hal9999.providers.k8s.manifests import CONTAINER
-from hal9999.providers.records import JsonRecords
+from hal9999.providers.records import JsonRecords, SandboxRecord
 from hal9999.providers.remote.files import MirrorFiles
 from hal9999.providers.ssh import mirror, remote
 from hal9999.providers.ssh.records import MountRecord
@@ -57,21 +53,9 @@ STDIN_LEN = 'n=$1; shift; head -c "$n" | "$@"'
 """Feed the command exactly ``$1`` bytes of stdin, then end of file (v4 has no close)."""
 
 
-class KubeRecord(BaseModel):
+class KubeRecord(SandboxRecord):
     """What hal keeps about one sandbox's pod (``<state>/<id>.json``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    """Sandbox id (12 hex digits)."""
-    provider: str
-    """``kubernetes``."""
-    state: SandboxState
-    """Lifecycle state."""
-    spec: SandboxSpec
-    """The spec it was created from."""
-    created_at: float
-    """Creation time, seconds since the epoch."""
     namespace: str
     """The pod's namespace."""
     pod: str
@@ -80,10 +64,6 @@ class KubeRecord(BaseModel):
     """Its directories (``remote``: the directory in the pod)."""
     settings: KubernetesConfig
     """The provider's settings, resolved (how the relay reaches the cluster)."""
-
-    def info(self) -> SandboxInfo:
-        """The public view."""
-        return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
 
 
 class KubeRecords(JsonRecords[KubeRecord]):
