@@ -38,7 +38,7 @@ from hal9999.providers.base import (
     StreamEvent,
 )
 from hal9999.providers.handle import SandboxHandle, collect
-from hal9999.providers.host.exec import EXEC_MARKER_VAR, MARKER_VAR
+from hal9999.providers.host.exec import EXEC_MARKER_VAR
 from hal9999.providers.k8s import execws
 from hal9999.providers.k8s.config import Cluster, KubernetesConfig
 from hal9999.providers.k8s.manifests import CONTAINER
@@ -48,7 +48,7 @@ from hal9999.providers.ssh import mirror, remote
 from hal9999.providers.ssh.records import MountRecord
 from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
 
-WORKDIR, HOME = "/workspace", "/home/hal"
+WORKDIR = "/workspace"
 STDIN_LEN = 'n=$1; shift; head -c "$n" | "$@"'
 """Feed the command exactly ``$1`` bytes of stdin, then end of file (v4 has no close)."""
 
@@ -122,19 +122,11 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
         return found if found is not None else self._mounts.translate(target)
 
     def _in_pod(self, path: str) -> str:
-        for mount in self._record.mounts:
-            if path == mount.remote or path.startswith(mount.remote + "/"):
-                return path
-        return self._mounts.translate(path)
+        return self._mounts.mirrored(path)
 
     # -- commands ---------------------------------------------------------------------------
-    def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
-        """Base, spec, command and exec-time environment, plus the sandbox marker."""
-        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.path(HOME),
-                "LANG": "C.UTF-8", "TMPDIR": self.path("/tmp")}  # fmt: skip
-        merged = base | self.spec.env | command.env | dict(env or {})
-        merged[MARKER_VAR] = self.id
-        return merged
+    def _extra_env(self) -> dict[str, str]:
+        return {"TMPDIR": self.path("/tmp")}
 
     async def raw(
         self, argv: Sequence[str], stdin: AsyncIterable[bytes] | None = None

@@ -15,7 +15,11 @@ from hal9999.errors import ExecError
 from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, StreamEvent
 from hal9999.providers.handle import collect, reading_file
 from hal9999.providers.host import fs as hostfs
+from hal9999.providers.host.exec import MARKER_VAR
 from hal9999.spec import ArgvCommand, display
+
+HOME = "/home/hal"
+"""The home directory commands see."""
 
 WRITE_ATOMIC = (
     'set -e; d=$(dirname -- "$1"); mkdir -p -- "$d"; t=$(mktemp "$d/.hal.XXXXXX"); '
@@ -50,6 +54,22 @@ class MirrorFiles:
     def workdir(self) -> str:
         """Where the workspace is seen by commands."""
         raise NotImplementedError
+
+    def path(self, target: str) -> str:
+        """Where the bind ``target`` (an absolute sandbox path) is seen by commands."""
+        raise NotImplementedError
+
+    def _extra_env(self) -> dict[str, str]:
+        """What the provider adds to the base environment."""
+        return {}
+
+    def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
+        """Base, spec, command and exec-time environment, plus the sandbox marker."""
+        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.path(HOME),
+                "LANG": "C.UTF-8"} | self._extra_env()  # fmt: skip
+        merged: dict[str, str] = base | self._record.spec.env | command.env | dict(env or {})
+        merged[MARKER_VAR] = self._record.id
+        return merged
 
     def _require_running(self) -> None:
         sandbox = self._record.id

@@ -282,6 +282,14 @@ class Mounts:
                     best = max(best, (len(base), writable))
         return best[1]
 
+    def mirrored(self, path: str) -> str:
+        """``path`` as a bare command on the remote host sees it: a path already in the
+        mirror as it is, one inside the sandbox translated (:meth:`translate`)."""
+        for _, where, _ in self.mounts:
+            if path == where or path.startswith(where + "/"):
+                return path
+        return self.translate(path)
+
     def translate(self, path: str) -> str:
         """``path`` (as seen inside a bwrap sandbox) as a path on the remote host."""
         path = posixpath.normpath(path)

@@ -31,7 +31,6 @@ logger = logging.getLogger(__name__)
 OPEN_ATTEMPTS = 6
 """Tries to open a command's channel (see :meth:`SshSandbox._events`)."""
 WORKDIR = "/workspace"
-HOME = "/home/hal"
 
 
 class SshSandbox(MirrorFiles, SandboxHandle):
@@ -90,19 +89,9 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         # The path as the command will see it: bare commands need the mirror's path.
         if self.isolated:
             return path
-        for mount in self._record.mounts:
-            if path == mount.remote or path.startswith(mount.remote + "/"):
-                return path
-        return self._mounts.translate(path)
+        return self._mounts.mirrored(path)
 
     # -- commands ---------------------------------------------------------------------------
-    def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
-        """Base, spec, command and exec-time environment, plus the sandbox marker."""
-        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.path(HOME),
-                "LANG": "C.UTF-8"}  # fmt: skip
-        merged = base | self.spec.env | command.env | dict(env or {})
-        merged[MARKER_VAR] = self.id
-        return merged
 
     def remote_argv(self, command: Command, *, tty: bool = False) -> list[str]:
         """The argv the wrapper execs on the remote host (bwrap around it when isolated),
