@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from hal9999 import errors
 from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError, ProviderError
-from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.handle import SandboxHandle
 from hal9999.providers.remote import relay as relaycore
 from hal9999.providers.ssh import mirror
@@ -135,11 +135,10 @@ class RaySandbox(SandboxHandle):
                             hint="start the sandbox before running commands")  # fmt: skip
 
     # -- commands ---------------------------------------------------------------------------
-    async def exec(
-        self, command: Command, *, env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
     ) -> ExecResult:  # fmt: skip
         """Run a command on the node, then bring its changes back to the hal host (the node
         holds at most ``stdout_limit`` bytes of its stdout, see :class:`Sandbox`)."""

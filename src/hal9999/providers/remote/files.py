@@ -94,15 +94,11 @@ class MirrorFiles:
         return await collect(events, time_limit=timeout, what=display(command),
                              stdout_limit=stdout_limit)  # fmt: skip
 
-    async def exec(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
+    ) -> ExecResult:  # fmt: skip
         """Run a command to completion, then bring its changes back to the hal host."""
         self._require_running()
         await self.push(writable=False)
