@@ -118,6 +118,18 @@ def _unsafe(address: str) -> str:
     return "an address of this host" if any(is_local(one) for one in judged) else ""
 
 
+def _refusal(method: str, host: str, port: int, bad: str, grant: Grant) -> str | None:
+    """Why a proxy request is refused, or None to let it through."""
+    if method == "CONNECT" and bad:  # before the allow-list: NUL ends a name for the resolver
+        return bad
+    if method != "CONNECT" or not allowed(host, port, grant.egress):
+        return "not on the allow-list; allow it with [gateway] egress"
+    if grant.egress_only is not None and not allowed(host, port, grant.egress_only):
+        # Config allows it, but this task (or its project) narrowed its list.
+        return "the task's egress list drops it; add it to --egress-only"
+    return None
+
+
 class EgressProxy:
     """CONNECT tunnels for the tasks whose grants the gateway holds."""
 
@@ -166,29 +178,9 @@ class EgressProxy:
             return
         started = time.monotonic()
         host, port, bad = parse_target(target)
-        if method == "CONNECT" and bad:  # before the allow-list: NUL ends a name for the resolver
-            await self._deny(writer, grant, method, target, started, bad)
-            return
-        if method != "CONNECT" or not allowed(host, port, grant.egress):
-            await self._deny(
-                writer,
-                grant,
-                method,
-                target,
-                started,
-                "not on the allow-list; allow it with [gateway] egress",
-            )
-            return
-        if grant.egress_only is not None and not allowed(host, port, grant.egress_only):
-            # Config allows it, but this task (or its project) narrowed its list.
-            await self._deny(
-                writer,
-                grant,
-                method,
-                target,
-                started,
-                "the task's egress list drops it; add it to --egress-only",
-            )
+        why = _refusal(method, host, port, bad, grant)
+        if why is not None:
+            await self._deny(writer, grant, method, target, started, why)
             return
         task = grant.task_id
         if self.tunnels.get(task, 0) >= MAX_TUNNELS:  # recorded: the operator sees why

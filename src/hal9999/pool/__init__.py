@@ -6,8 +6,9 @@ The names below load on first use, so an in-process ``hal run`` (which reads
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from hal9999.pymodule import lazy_names
 
 if TYPE_CHECKING:
     from hal9999.pool.lending import Entry, Lease
@@ -36,11 +37,5 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """``WarmPool``, ``SlotDir``, ...: imported from their module when first asked for."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOMES, globals())
+"""``WarmPool``, ``SlotDir``, ...: imported from their module when first asked for."""

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Mapping
 from types import TracebackType
 from typing import Self
 
 from hal9999.errors import ExecError
-from hal9999.providers.base import STDOUT_LIMIT, ExecResult, StreamEvent
+from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, StreamEvent
 from hal9999.spec import SandboxSpec
 
 
@@ -40,6 +40,28 @@ class SandboxHandle:
     def spec(self) -> SandboxSpec:
         """The spec it was created from."""
         return self._identity()[2]
+
+    async def exec(
+        self,
+        command: Command,
+        *,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
+        stdout_limit: int = STDOUT_LIMIT,
+    ) -> ExecResult:
+        """Run a command to completion (:meth:`Sandbox.exec`'s contract), as :meth:`_exec_command`
+        of the provider's handle does."""
+        return await self._exec_command(command, env, stdin, timeout, stdout_limit)
+
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
+    ) -> ExecResult:  # fmt: skip
+        """Run a command to completion; past ``timeout``, or ``stdout_limit`` bytes of
+        stdout, it is killed and ExecError raised."""
+        raise NotImplementedError
 
     async def __aenter__(self) -> Self:
         return self

@@ -7,25 +7,48 @@ A record is any pydantic model with an ``id`` (12 hex digits: never a path) and 
 later ``hal`` process (or a relay) reads the same records.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: pydantic would then evaluate each field's
+# annotation from its text, a compile each, on every run's path.
 import contextlib
 import os
 import re
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hal9999 import fs
 from hal9999.errors import ProviderError, SandboxNotFound
 from hal9999.hostread import read_all
+from hal9999.providers.base import SandboxInfo, SandboxState
+from hal9999.spec import SandboxSpec
 
 RECORD = "sandbox.json"
 """The record's file name in the ``dir`` layout."""
 PREVIOUS = ".previous.json"
 """Beside it: the record a stop replaced (see :meth:`JsonRecords.save`)."""
 _ID = re.compile(r"[0-9a-f]{12}")
+
+
+class SandboxRecord(BaseModel):
+    """What every provider keeps about one sandbox; each adds where and how it runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    """Sandbox id (12 hex digits)."""
+    provider: str
+    """Name of the owning provider."""
+    state: SandboxState
+    """Lifecycle state."""
+    spec: SandboxSpec
+    """The spec it was created from."""
+    created_at: float
+    """Creation time, seconds since the epoch."""
+
+    def info(self) -> SandboxInfo:
+        """The public view of this record."""
+        return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
 
 
 R = TypeVar("R", bound=BaseModel)

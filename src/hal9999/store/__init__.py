@@ -6,12 +6,10 @@ import :mod:`hal9999.store.migrations` without the pydantic record models.
 
 from __future__ import annotations
 
-import importlib
+from hal9999.pymodule import lazy_names
 
 TYPE_CHECKING = False  # typing is dear for the thin `hal task list`
 if TYPE_CHECKING:
-    from typing import Any
-
     from hal9999.store.records import RepoKind, TaskRecord
     from hal9999.store.sandboxrow import SandboxRow
     from hal9999.store.sqlite import Store
@@ -26,11 +24,5 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """``Store``, ``TaskRecord``, ...: imported from their module when first asked for."""
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_names(__name__, _HOMES, globals())
+"""``Store``, ``TaskRecord``, ...: imported from their module when first asked for."""

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 from hal9999 import hostread
 from hal9999.envvars import env_argv
 from hal9999.errors import HalError, ProviderError, ProviderUnavailable, SandboxNotFound
-from hal9999.providers.base import STDOUT_LIMIT, Capabilities, Command, ExecResult, Launch
+from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
 from hal9999.providers.bwrap import etc as hostetc
 from hal9999.providers.bwrap import keeper as keepers
 from hal9999.providers.bwrap import seccomp, usernet
@@ -262,20 +262,15 @@ class BwrapSandbox(HostSandbox):
         """How many processes inside the kernel has killed for exceeding the memory limit."""
         return 0 if self.cgroup is None else self.cgroup.oom_kills()
 
-    async def exec(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
+    ) -> ExecResult:  # fmt: skip
         """Run a command to completion; an out-of-memory kill is noted on stderr."""
         limited = self.cgroup is not None and self.limits.memory_mb is not None
         before = self.oom_kills() if limited else 0
-        result = await super().exec(command, env=env, stdin=stdin, timeout=timeout,
-                                    stdout_limit=stdout_limit)  # fmt: skip
+        result = await super()._exec_command(command, env, stdin, timeout, stdout_limit)
         if limited and not result.ok and self.oom_kills() > before:
             # ExecResult has no field for it, and a bare 137 does not say why.
             note = (

@@ -82,15 +82,11 @@ class DockerSandbox(SandboxHandle):
     def _env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
         return {**command.env, **(env or {}), "HAL_SANDBOX": self._id}
 
-    async def exec(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
+    ) -> ExecResult:  # fmt: skip
         """Run a command to completion (killed at ``timeout``, or past ``stdout_limit``)."""
         code, out, err = await self._exec.run(
             to_argv(command), env=self._env(command, env), cwd=command.cwd or WORKDIR,

@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999.errors import CapabilityError, ExecError
 from hal9999.providers.base import (
-    STDOUT_LIMIT,
     Capabilities,
     Command,
     ExecResult,
@@ -161,15 +160,11 @@ class FakeSandbox(HostSandbox):
         finally:
             task.cancel()
 
-    async def exec(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
+    ) -> ExecResult:  # fmt: skip
         """Run a fake command; past ``timeout`` it is cancelled and ExecError raised."""
         out, err = bytearray(), bytearray()
 

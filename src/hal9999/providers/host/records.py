@@ -8,41 +8,28 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from hal9999.errors import CapabilityError, ConfigError
 from hal9999.home import spread_once
-from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
+from hal9999.providers.base import Capabilities
 from hal9999.providers.host import cgroups
 from hal9999.providers.host import fs as hostfs
 from hal9999.providers.records import JsonRecords
+from hal9999.providers.records import SandboxRecord as BaseRecord
 from hal9999.spec import SandboxSpec
 
 
-class SandboxRecord(BaseModel):
+class SandboxRecord(BaseRecord):
     """What ``sandbox.json`` holds."""
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    id: str
-    """Sandbox id (12 hex digits)."""
-    provider: str
-    """Name of the owning provider."""
-    state: SandboxState
-    """Lifecycle state."""
-    spec: SandboxSpec
-    """The spec it was created from."""
-    created_at: float
-    """Creation time, seconds since the epoch."""
     cgroup: dict[str, Any] | None = None
     """The cgroup tracking its processes (:meth:`Cgroup.to_record`), if any."""
     uid: int | None = None
     """The host uid (and gid) its processes run as, when hal runs as root (see
     :mod:`.user`); None means they run as the user running hal."""
-
-    def info(self) -> SandboxInfo:
-        """The public view of this record."""
-        return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
 
 
 class RecordStore(JsonRecords[SandboxRecord]):

@@ -140,15 +140,11 @@ class HostSandbox(SandboxHandle):
                 f"sandbox {self.id} is {state}", hint="start the sandbox before running commands"
             )
 
-    async def exec(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
+    ) -> ExecResult:  # fmt: skip
         """Run a command to completion; past ``timeout`` it is killed and ExecError raised."""
         self._require(running=True)
         launch = self.launch(command, env=env)

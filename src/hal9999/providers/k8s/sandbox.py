@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -29,53 +28,34 @@ from collections.abc import (
 )
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
-
 from hal9999.envvars import env_argv
 from hal9999.errors import CloudNotFound, ExecError
 from hal9999.providers import limits
 from hal9999.providers.base import (
-    STDOUT_LIMIT,
     Command,
     ExecResult,
     Launch,
-    SandboxInfo,
-    SandboxState,
     StreamEvent,
 )
 from hal9999.providers.handle import SandboxHandle, collect
-from hal9999.providers.host.exec import EXEC_MARKER_VAR, MARKER_VAR
+from hal9999.providers.host.exec import EXEC_MARKER_VAR
 from hal9999.providers.k8s import execws
 from hal9999.providers.k8s.config import Cluster, KubernetesConfig
 from hal9999.providers.k8s.manifests import CONTAINER
-from hal9999.providers.records import JsonRecords
-from hal9999.providers.remote import relay as relaycore
+from hal9999.providers.records import JsonRecords, SandboxRecord
 from hal9999.providers.remote.files import MirrorFiles
 from hal9999.providers.ssh import mirror, remote
 from hal9999.providers.ssh.records import MountRecord
-from hal9999.pymodule import module_argv
-from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
+from hal9999.spec import ArgvCommand, SandboxSpec, to_argv
 
-WORKDIR, HOME = "/workspace", "/home/hal"
+WORKDIR = "/workspace"
 STDIN_LEN = 'n=$1; shift; head -c "$n" | "$@"'
 """Feed the command exactly ``$1`` bytes of stdin, then end of file (v4 has no close)."""
 
 
-class KubeRecord(BaseModel):
+class KubeRecord(SandboxRecord):
     """What hal keeps about one sandbox's pod (``<state>/<id>.json``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    """Sandbox id (12 hex digits)."""
-    provider: str
-    """``kubernetes``."""
-    state: SandboxState
-    """Lifecycle state."""
-    spec: SandboxSpec
-    """The spec it was created from."""
-    created_at: float
-    """Creation time, seconds since the epoch."""
     namespace: str
     """The pod's namespace."""
     pod: str
@@ -84,10 +64,6 @@ class KubeRecord(BaseModel):
     """Its directories (``remote``: the directory in the pod)."""
     settings: KubernetesConfig
     """The provider's settings, resolved (how the relay reaches the cluster)."""
-
-    def info(self) -> SandboxInfo:
-        """The public view."""
-        return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
 
 
 class KubeRecords(JsonRecords[KubeRecord]):
@@ -146,19 +122,11 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
         return found if found is not None else self._mounts.translate(target)
 
     def _in_pod(self, path: str) -> str:
-        for mount in self._record.mounts:
-            if path == mount.remote or path.startswith(mount.remote + "/"):
-                return path
-        return self._mounts.translate(path)
+        return self._mounts.mirrored(path)
 
     # -- commands ---------------------------------------------------------------------------
-    def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
-        """Base, spec, command and exec-time environment, plus the sandbox marker."""
-        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.path(HOME),
-                "LANG": "C.UTF-8", "TMPDIR": self.path("/tmp")}  # fmt: skip
-        merged = base | self.spec.env | command.env | dict(env or {})
-        merged[MARKER_VAR] = self.id
-        return merged
+    def _extra_env(self) -> dict[str, str]:
+        return {"TMPDIR": self.path("/tmp")}
 
     async def raw(
         self, argv: Sequence[str], stdin: AsyncIterable[bytes] | None = None
@@ -214,62 +182,12 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
         """Kill, until none is left, every process in the pod marked ``var=value``."""
         await self.run_raw(["sh", "-c", remote.KILL, "hal-kill", var, value], time_limit=30)
 
-    def _require_running(self) -> None:
-        state = self._records.load(self.id).state
-        if state != "running":
-            raise ExecError(f"sandbox {self.id} is {state}",
-                            hint="start the sandbox before running commands")  # fmt: skip
-
-    async def _run(self, command: Command, env: Mapping[str, str] | None, stdin: bytes,
-                   timeout: float | None,  # noqa: ASYNC109
-                   stdout_limit: int = STDOUT_LIMIT) -> ExecResult:  # fmt: skip
-        events = self._events(command, env, stdin, secrets.token_hex(8))
-        return await collect(events, time_limit=timeout, what=display(command),
-                             stdout_limit=stdout_limit)  # fmt: skip
-
-    async def exec(
-        self, command: Command, *, env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:  # fmt: skip
-        """Run a command to completion, then bring its changes back to the hal host."""
-        self._require_running()
-        await self.push(writable=False)
-        try:
-            return await self._run(command, env, stdin or b"", timeout, stdout_limit)
-        finally:
-            with contextlib.suppress(ExecError):
-                await self.pull()
-
-    async def exec_stream(
-        self, command: Command, *, env: Mapping[str, str] | None = None
-    ) -> AsyncIterator[StreamEvent]:
-        """Run a command, yielding output as it comes and the exit status last."""
-        self._require_running()
-        await self.push(writable=False)
-        try:
-            events = self._events(command, env, b"", secrets.token_hex(8))
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    yield event
-        finally:
-            with contextlib.suppress(ExecError):
-                await asyncio.shield(self.pull())
-
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The relay (:mod:`.relay`) running ``command`` in the pod: values ride in its
         environment, names in argv; it pushes, checkpoints and pulls as the ssh relay does."""
         full = self.command_env(command, env)
-        argv = [*module_argv("hal9999.providers.k8s.relay"), "--records",
-                str(self._records.root), "--id", self.id]  # fmt: skip
-        for name in sorted(full):
-            remote.check_name(name)
-            argv += ["--env", name]
-        if command.cwd:
-            argv += ["--cwd", command.cwd]
-        return Launch(argv=[*argv, "--", *to_argv(command)], env=full,
-                      stop_grace_s=relaycore.STOP_GRACE_S)  # fmt: skip
+        return remote.relay_launch("hal9999.providers.k8s.relay", self._records.root, self.id,
+                                   command, full)  # fmt: skip
 
     def attach_command(self) -> list[str]:
         """An interactive bash in the pod through the relay (no terminal: the exec stream
@@ -300,13 +218,6 @@ class KubeSandbox(MirrorFiles, SandboxHandle):
         if not result.ok:
             raise ExecError(f"cannot send {mount.target} to the pod: "
                             f"{result.stderr.decode('utf-8', 'replace')[-300:]}")  # fmt: skip
-
-    async def pull(self) -> None:
-        """Bring every writable directory with a host counterpart back to the hal host."""
-        async with self._sync:
-            for mount in self._record.mounts:
-                if mount.host is not None and mount.writable:
-                    await self._pull_one(mount)
 
     async def _pull_one(self, mount: MountRecord) -> None:
         assert mount.host is not None

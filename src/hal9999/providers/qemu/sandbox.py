@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hal9999.envvars import env_argv
-from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
 from hal9999.providers.host import exec as hostexec
 from hal9999.providers.host import fs as hostfs
 from hal9999.providers.host.sandbox import HostSandbox, SandboxRecord
@@ -130,15 +130,11 @@ class QemuSandbox(HostSandbox):
         args = qemussh.hal_exec_args(to_argv(command), sorted(guest), cwd=cwd, uid=uid, gid=gid)
         return args, guest
 
-    async def exec(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
+    ) -> ExecResult:  # fmt: skip
         """Run a command to completion over the exec agent (ssh when it has no free port);
         past ``timeout``, or ``stdout_limit`` bytes of stdout, it is killed and ExecError
         raised."""

@@ -40,11 +40,12 @@ from hal9999.errors import (
     ProviderError,
     SandboxNotFound,
 )
-from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
+from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.host.sandbox import check_spec
 from hal9999.providers.ray import host as rayhost
 from hal9999.providers.ray.address import check_address
 from hal9999.providers.ray.sandbox import RayMount, RaySandbox, node_call
+from hal9999.providers.records import SandboxRecord
 from hal9999.spec import SandboxSpec
 
 _ID = re.compile(r"[0-9a-f]{12}")
@@ -89,23 +90,12 @@ class RayConfig(BaseModel):
             raise ValueError(exc.one_line()) from None
 
 
-class RayRecord(BaseModel):
+class RayRecord(SandboxRecord):
     """One sandbox on one Ray node, as the hal host keeps it (``<state>/<id>.json``)."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    provider: str
-    state: SandboxState
-    spec: SandboxSpec
-    created_at: float
     node: str
     """The node's name (its resource without the prefix)."""
     mounts: tuple[RayMount, ...]
-
-    def info(self) -> SandboxInfo:
-        """The contract's view of the record."""
-        return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
 
 
 class RayRecords:

@@ -11,7 +11,6 @@ import re
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -19,7 +18,8 @@ from pydantic import BaseModel, ConfigDict
 from hal9999 import errors
 from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError, ProviderError
-from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.base import Command, ExecResult, Launch, StreamEvent
+from hal9999.providers.handle import SandboxHandle
 from hal9999.providers.remote import relay as relaycore
 from hal9999.providers.ssh import mirror
 from hal9999.pymodule import module_argv
@@ -88,7 +88,7 @@ async def node_call(
     return outcome[1]
 
 
-class RaySandbox:
+class RaySandbox(SandboxHandle):
     """Operations on one sandbox of a Ray node."""
 
     def __init__(self, record: RayRecord, owner: RayProvider) -> None:
@@ -96,20 +96,11 @@ class RaySandbox:
         self._owner = owner
         self._sync = asyncio.Lock()
 
-    @property
-    def id(self) -> str:
-        """Unique sandbox id."""
-        return self._record.id
+    def _identity(self) -> tuple[str, str, SandboxSpec]:
+        return self._record.id, self._record.provider, self._record.spec
 
-    @property
-    def provider(self) -> str:
-        """Name of the provider that owns it."""
-        return self._record.provider
-
-    @property
-    def spec(self) -> SandboxSpec:
-        """The spec it was created from."""
-        return self._record.spec
+    async def _destroy_self(self) -> None:
+        await self._owner.destroy(self.id)
 
     @property
     def node(self) -> str:
@@ -144,11 +135,10 @@ class RaySandbox:
                             hint="start the sandbox before running commands")  # fmt: skip
 
     # -- commands ---------------------------------------------------------------------------
-    async def exec(
-        self, command: Command, *, env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
     ) -> ExecResult:  # fmt: skip
         """Run a command on the node, then bring its changes back to the hal host (the node
         holds at most ``stdout_limit`` bytes of its stdout, see :class:`Sandbox`)."""
@@ -296,17 +286,6 @@ class RaySandbox:
                         raise ExecError(f"{mount.target} is over {mirror.PULL_LIMIT >> 30} GiB; "
                                         "not brought back")  # fmt: skip
                     await asyncio.to_thread(_unpack, data, mirror.host_dir(mount.host))
-
-    async def __aenter__(self) -> RaySandbox:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._owner.destroy(self.id)
 
 
 def _unpack(data: bytes, target: Path) -> None:

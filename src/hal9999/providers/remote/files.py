@@ -5,13 +5,21 @@ once, and what the host makes in a mount goes out (:meth:`MirrorFiles.adopt`).""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any
 
 from hal9999.errors import ExecError
-from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult
-from hal9999.providers.handle import reading_file
+from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, StreamEvent
+from hal9999.providers.handle import collect, reading_file
 from hal9999.providers.host import fs as hostfs
-from hal9999.spec import ArgvCommand
+from hal9999.providers.host.exec import MARKER_VAR
+from hal9999.spec import ArgvCommand, display
+
+HOME = "/home/hal"
+"""The home directory commands see."""
 
 WRITE_ATOMIC = (
     'set -e; d=$(dirname -- "$1"); mkdir -p -- "$d"; t=$(mktemp "$d/.hal.XXXXXX"); '
@@ -31,29 +39,101 @@ def reason(result: ExecResult) -> str:
 
 
 class MirrorFiles:
-    """The file half of a mirrored sandbox; the sandbox provides the steps named below."""
+    """The file and command half of a mirrored sandbox: a command runs with the read-only
+    directories sent out first and the writable ones brought back after; the sandbox
+    provides the steps named below."""
 
     _record: Any
     """The provider's record (its ``mounts``)."""
+    _records: Any
+    """The provider's records (the sandbox's current state)."""
+    _sync: asyncio.Lock
+    """Held while the writable directories come back, one pull at a time."""
 
     @property
     def workdir(self) -> str:
         """Where the workspace is seen by commands."""
         raise NotImplementedError
 
-    def _require_running(self) -> None:
+    def path(self, target: str) -> str:
+        """Where the bind ``target`` (an absolute sandbox path) is seen by commands."""
         raise NotImplementedError
 
-    async def _run(self, command: Command, env: Any, stdin: bytes,
-                   timeout: float | None,  # noqa: ASYNC109
-                   stdout_limit: int = STDOUT_LIMIT) -> ExecResult:  # fmt: skip
+    def _extra_env(self) -> dict[str, str]:
+        """What the provider adds to the base environment."""
+        return {}
+
+    def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
+        """Base, spec, command and exec-time environment, plus the sandbox marker."""
+        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.path(HOME),
+                "LANG": "C.UTF-8"} | self._extra_env()  # fmt: skip
+        merged: dict[str, str] = base | self._record.spec.env | command.env | dict(env or {})
+        merged[MARKER_VAR] = self._record.id
+        return merged
+
+    def _require_running(self) -> None:
+        sandbox = self._record.id
+        state = self._records.load(sandbox).state
+        if state != "running":
+            raise ExecError(
+                f"sandbox {sandbox} is {state}", hint="start the sandbox before running commands"
+            )
+
+    def _events(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes, token: str
+    ) -> AsyncGenerator[StreamEvent, None]:
+        """The command's events, its processes marked with ``token``."""
         raise NotImplementedError
+
+    async def _run(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int = STDOUT_LIMIT,
+    ) -> ExecResult:  # fmt: skip
+        events = self._events(command, env, stdin, secrets.token_hex(8))
+        return await collect(events, time_limit=timeout, what=display(command),
+                             stdout_limit=stdout_limit)  # fmt: skip
+
+    async def _exec_command(
+        self, command: Command, env: Mapping[str, str] | None, stdin: bytes | None,
+        timeout: float | None,  # noqa: ASYNC109
+        stdout_limit: int,
+    ) -> ExecResult:  # fmt: skip
+        """Run a command to completion, then bring its changes back to the hal host."""
+        self._require_running()
+        await self.push(writable=False)
+        try:
+            return await self._run(command, env, stdin or b"", timeout, stdout_limit)
+        finally:
+            with contextlib.suppress(ExecError):
+                await self.pull()
+
+    async def exec_stream(
+        self, command: Command, *, env: Mapping[str, str] | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        """Run a command, yielding output as it comes and the exit status last."""
+        self._require_running()
+        await self.push(writable=False)
+        try:
+            events = self._events(command, env, b"", secrets.token_hex(8))
+            async with contextlib.aclosing(events):
+                async for event in events:
+                    yield event
+        finally:
+            with contextlib.suppress(ExecError):
+                await asyncio.shield(self.pull())
 
     def _target(self, path: str, *, write: bool = False) -> str:
         raise NotImplementedError
 
     async def pull(self) -> None:
-        """Bring the writable directories back to the hal host."""
+        """Bring every writable directory with a host counterpart back to the hal host."""
+        async with self._sync:
+            for mount in self._record.mounts:
+                if mount.host is not None and mount.writable:
+                    await self._pull_one(mount)
+
+    async def _pull_one(self, mount: Any) -> None:
         raise NotImplementedError
 
     async def _push_one(self, mount: Any) -> None:

@@ -28,11 +28,12 @@ from hal9999.providers.base import Capabilities, SandboxInfo
 from hal9999.providers.bwrap import seccomp
 from hal9999.providers.host.exec import MARKER_VAR
 from hal9999.providers.host.sandbox import check_spec
+from hal9999.providers.remote.files import HOME
 from hal9999.providers.ssh import channel, remote
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
-from hal9999.providers.ssh.sandbox import HOME, WORKDIR, SshSandbox
+from hal9999.providers.ssh.sandbox import WORKDIR, SshSandbox
 from hal9999.spec import SandboxSpec
 
 if TYPE_CHECKING:

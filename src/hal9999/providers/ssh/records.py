@@ -12,10 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from hal9999.providers.base import SandboxInfo, SandboxState
-from hal9999.providers.records import JsonRecords
+from hal9999.providers.records import JsonRecords, SandboxRecord
 from hal9999.providers.ssh.config import SshHost
-from hal9999.spec import SandboxSpec
 
 
 class MountRecord(BaseModel):
@@ -33,21 +31,9 @@ class MountRecord(BaseModel):
     """Its session directory on the hal host (None: the sandbox's own, e.g. /tmp)."""
 
 
-class SshRecord(BaseModel):
+class SshRecord(SandboxRecord):
     """One sandbox on one ssh host."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    id: str
-    """Sandbox id (12 hex digits)."""
-    provider: str
-    """Owning provider's name (``ssh``, or ``lima`` which runs over it)."""
-    state: SandboxState
-    """Lifecycle state."""
-    spec: SandboxSpec
-    """The spec it was created from."""
-    created_at: float
-    """Creation time, seconds since the epoch."""
     host: SshHost
     """Where it runs and how to reach it."""
     root: str
@@ -69,10 +55,6 @@ class SshRecord(BaseModel):
     reaper: bool = False
     """Whether the host had python3 when the sandbox was made, so a bare command runs under
     :mod:`.reaper`, which ends all it left (nothing left to hunt by marker after it)."""
-
-    def info(self) -> SandboxInfo:
-        """The public view."""
-        return SandboxInfo(self.id, self.provider, self.state, self.spec, self.created_at)
 
 
 class SshRecords(JsonRecords[SshRecord]):

@@ -22,8 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hal9999.errors import ExecError, ProviderError
+from hal9999.providers.base import Command, Launch
 from hal9999.providers.bwrap import args as bwrapargs
 from hal9999.providers.bwrap import usernet
+from hal9999.providers.remote import relay as relaycore
+from hal9999.pymodule import module_argv
+from hal9999.spec import to_argv
 
 WRAPPER = (
     "IFS= read -r hal_env || exit 125; "
@@ -188,6 +192,22 @@ def check_name(name: str) -> None:
         raise ProviderError(f"invalid environment variable name {name!r}")
 
 
+def relay_launch(
+    module: str, records: Path, sandbox: str, command: Command, env: Mapping[str, str],
+    *options: str,
+) -> Launch:  # fmt: skip
+    """The launch of a relay (``python -m module``, :mod:`..remote.relay`'s options) running
+    ``command`` in ``sandbox``: values ride in its environment, names in argv."""
+    argv = [*module_argv(module), "--records", str(records), "--id", sandbox, *options]
+    for name in sorted(env):
+        check_name(name)
+        argv += ["--env", name]
+    if command.cwd:
+        argv += ["--cwd", command.cwd]
+    return Launch(argv=[*argv, "--", *to_argv(command)], env=dict(env),
+                  stop_grace_s=relaycore.STOP_GRACE_S)  # fmt: skip
+
+
 def wrapped(argv: Sequence[str]) -> str:
     """The remote command string that runs ``argv`` under the wrapper."""
     return any_shell(["sh", "-c", WRAPPER, "hal-ssh", *argv])
@@ -261,6 +281,14 @@ class Mounts:
                 if path == base or path.startswith(base.rstrip("/") + "/"):
                     best = max(best, (len(base), writable))
         return best[1]
+
+    def mirrored(self, path: str) -> str:
+        """``path`` as a bare command on the remote host sees it: a path already in the
+        mirror as it is, one inside the sandbox translated (:meth:`translate`)."""
+        for _, where, _ in self.mounts:
+            if path == where or path.startswith(where + "/"):
+                return path
+        return self.translate(path)
 
     def translate(self, path: str) -> str:
         """``path`` (as seen inside a bwrap sandbox) as a path on the remote host."""

@@ -13,28 +13,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 
 from hal9999.envvars import env_argv
 from hal9999.errors import ExecError, HalError
 from hal9999.providers import limits
-from hal9999.providers.base import STDOUT_LIMIT, Command, ExecResult, Launch, StreamEvent
-from hal9999.providers.handle import SandboxHandle, collect
+from hal9999.providers.base import Command, Launch, StreamEvent
+from hal9999.providers.handle import SandboxHandle
 from hal9999.providers.host.exec import EXEC_MARKER_VAR, MARKER_VAR
-from hal9999.providers.remote import relay as relaycore
 from hal9999.providers.remote.files import MirrorFiles
 from hal9999.providers.ssh import channel, mirror, remote, session
 from hal9999.providers.ssh.connections import ConnectionPool
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
-from hal9999.pymodule import module_argv
 from hal9999.spec import ArgvCommand, SandboxSpec, display, to_argv
 
 logger = logging.getLogger(__name__)
 OPEN_ATTEMPTS = 6
 """Tries to open a command's channel (see :meth:`SshSandbox._events`)."""
 WORKDIR = "/workspace"
-HOME = "/home/hal"
 
 
 class SshSandbox(MirrorFiles, SandboxHandle):
@@ -93,19 +89,9 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         # The path as the command will see it: bare commands need the mirror's path.
         if self.isolated:
             return path
-        for mount in self._record.mounts:
-            if path == mount.remote or path.startswith(mount.remote + "/"):
-                return path
-        return self._mounts.translate(path)
+        return self._mounts.mirrored(path)
 
     # -- commands ---------------------------------------------------------------------------
-    def command_env(self, command: Command, env: Mapping[str, str] | None) -> dict[str, str]:
-        """Base, spec, command and exec-time environment, plus the sandbox marker."""
-        base = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": self.path(HOME),
-                "LANG": "C.UTF-8"}  # fmt: skip
-        merged = base | self.spec.env | command.env | dict(env or {})
-        merged[MARKER_VAR] = self.id
-        return merged
 
     def remote_argv(self, command: Command, *, tty: bool = False) -> list[str]:
         """The argv the wrapper execs on the remote host (bwrap around it when isolated),
@@ -150,13 +136,6 @@ class SshSandbox(MirrorFiles, SandboxHandle):
                 )
         return limits.DiskUse(used or 0, disk_mb << 20 if disk_mb else None, used_files or 0,
                               files or None)  # fmt: skip
-
-    def _require_running(self) -> None:
-        state = self._records.load(self.id).state
-        if state != "running":
-            raise ExecError(
-                f"sandbox {self.id} is {state}", hint="start the sandbox before running commands"
-            )
 
     async def _events(
         self, command: Command, env: Mapping[str, str] | None, stdin: bytes, token: str
@@ -211,61 +190,12 @@ class SshSandbox(MirrorFiles, SandboxHandle):
         conn = await self._pool.get(self._record.host)
         await channel.kill_marked(conn, var, value)
 
-    async def _run(
-        self, command: Command, env: Mapping[str, str] | None, stdin: bytes,
-        timeout: float | None,  # noqa: ASYNC109
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:  # fmt: skip
-        events = self._events(command, env, stdin, secrets.token_hex(8))
-        return await collect(events, time_limit=timeout, what=display(command),
-                             stdout_limit=stdout_limit)  # fmt: skip
-
-    async def exec(
-        self,
-        command: Command,
-        *,
-        env: Mapping[str, str] | None = None,
-        stdin: bytes | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the contract's per-command timeout
-        stdout_limit: int = STDOUT_LIMIT,
-    ) -> ExecResult:
-        """Run a command to completion, then bring its changes back to the hal host."""
-        self._require_running()
-        await self.push(writable=False)
-        try:
-            return await self._run(command, env, stdin or b"", timeout, stdout_limit)
-        finally:
-            with contextlib.suppress(ExecError):
-                await self.pull()
-
-    async def exec_stream(
-        self, command: Command, *, env: Mapping[str, str] | None = None
-    ) -> AsyncIterator[StreamEvent]:
-        """Run a command, yielding output as it comes and the exit status last."""
-        self._require_running()
-        await self.push(writable=False)
-        token = secrets.token_hex(8)
-        try:
-            async with contextlib.aclosing(self._events(command, env, b"", token)) as events:
-                async for event in events:
-                    yield event
-        finally:
-            with contextlib.suppress(ExecError):
-                await asyncio.shield(self.pull())
-
     def launch(self, command: Command, *, env: Mapping[str, str] | None = None) -> Launch:
         """The relay (:mod:`.relay`) running ``command`` here: it reaches the host itself,
         so the run outlives this process; values ride in its environment, names in argv."""
         full = self.command_env(command, env)
-        argv = [*module_argv("hal9999.providers.ssh.relay"), "--records",
-                str(self._records.root), "--id", self.id, "--session"]  # fmt: skip
-        for name in sorted(full):
-            remote.check_name(name)
-            argv += ["--env", name]
-        if command.cwd:
-            argv += ["--cwd", command.cwd]
-        return Launch(argv=[*argv, "--", *to_argv(command)], env=full,
-                      stop_grace_s=relaycore.STOP_GRACE_S)  # fmt: skip
+        return remote.relay_launch("hal9999.providers.ssh.relay", self._records.root, self.id,
+                                   command, full, "--session")  # fmt: skip
 
     def attach_command(self) -> list[str]:
         """An interactive bash inside, through the relay (a terminal when the caller has one)."""
@@ -299,14 +229,6 @@ class SshSandbox(MirrorFiles, SandboxHandle):
             code, err = await channel.run_fed(conn, remote.plain(argv), chunks, what=what)
         if code != 0:
             raise ExecError(f"cannot send {mount.target} to the ssh host: {err.decode()[-300:]}")
-
-    async def pull(self) -> None:
-        """Bring every writable directory with a host counterpart back to the hal host."""
-        async with self._sync:
-            for mount in self._record.mounts:
-                if mount.host is None or not mount.writable:
-                    continue
-                await self._pull_one(mount)
 
     async def _pull_one(self, mount: MountRecord) -> None:
         assert mount.host is not None
