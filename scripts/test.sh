@@ -11,6 +11,7 @@ bash scripts/install-agents.sh
 [ ! -f scripts/setup-podman.sh ] || bash scripts/setup-podman.sh
 [ ! -f scripts/install-pm2.sh ] || bash scripts/install-pm2.sh
 .venv/bin/ruff check src tests
+.venv/bin/ruff format --check src tests
 .venv/bin/mypy
 # Two workers (~30 minutes; one process takes 42-48): the Ray tests (one shared cluster) on
 # one of them (`tests/xdist_groups.py`). A failure seen only on two workers is a race in the

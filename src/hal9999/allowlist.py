@@ -48,8 +48,10 @@ def _covered(entry: str, rules: list[str]) -> bool:
     # A wildcard is covered by a wildcard of the same port over the same or a parent domain.
     for rule in rules:
         other, other_port = _split(rule)
-        if other_port == port and other.startswith("*.") and (
-            name == other or name.endswith(other[1:])
+        if (
+            other_port == port
+            and other.startswith("*.")
+            and (name == other or name.endswith(other[1:]))
         ):
             return True
     return False

@@ -328,6 +328,7 @@ def default_home(environ: Mapping[str, str]) -> Path:
     """The data directory when neither config nor ``HAL_HOME`` sets one."""
     return _xdg_dir(environ, "XDG_DATA_HOME", ".local/share") / "hal9999"
 
+
 REFUSED_EMPTY = {
     "HAL_AGENT": "set it to an agent (claude, codex, ...) or a command template, or unset it "
     "(`unset HAL_AGENT`) for the default",

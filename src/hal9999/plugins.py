@@ -113,9 +113,7 @@ def broken(kind: Kind, name: str, value: str, exc: BaseException) -> HalError:
     return kind.broken(f"{kind.what} {name!r} ({value}) cannot be loaded: {reason}", hint=FIX)
 
 
-def load_all(
-    kind: Kind, *, build: Callable[[str, Any], Any] | None = None
-) -> dict[str, Any]:
+def load_all(kind: Kind, *, build: Callable[[str, Any], Any] | None = None) -> dict[str, Any]:
     """Every installed plugin of ``kind`` by name, each built by ``build(name, loaded)`` when
     given; a broken one is left out with a warning line on stderr (its name and the fix)."""
     found: dict[str, Any] = {}

@@ -40,6 +40,7 @@ def empty_list() -> list[Any]:
 AGENT_HOME = "/home/hal"
 """The agent's home inside every sandbox; credential files may only go below it."""
 
+
 def _env_name(value: str) -> str:
     if not is_env_name(value):
         raise ValueError("expected a variable name: ASCII letters, digits and '_'")
@@ -129,6 +130,8 @@ def check_base_url(agent: str, url: str | None) -> None:
 
 BaseUrl = Annotated[str, AfterValidator(_base_url)]
 """An agent's API endpoint (``[agents.NAME] base_url``): one the LLM gateway can route."""
+
+
 def _at_least_a_second(value: float) -> float:
     if value < MIN_TIMEOUT_S:
         raise ValueError(f"expected at least {MIN_TIMEOUT_S:g} second")

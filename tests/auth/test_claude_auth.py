@@ -201,9 +201,12 @@ async def test_the_gateway_sends_the_fresh_token_as_bearer_upstream(
         grant = Grant(task_id="t1", token=new_token(), upstream=upstream.url, key=file.ref())
         gw.register(grant)
         try:
-            async with server, httpx.AsyncClient(
-                transport=httpx.AsyncHTTPTransport(uds=sock), base_url="http://gw", timeout=30
-            ) as http:
+            async with (
+                server,
+                httpx.AsyncClient(
+                    transport=httpx.AsyncHTTPTransport(uds=sock), base_url="http://gw", timeout=30
+                ) as http,
+            ):
                 answer = await http.post(
                     "/v1/messages", headers={"x-api-key": grant.token},
                     json={"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []},

@@ -213,7 +213,9 @@ def test_a_run_killed_while_collecting_is_collected_by_its_resume(
     out, err = resumer.communicate(timeout=90)
     final = json.loads(out)
     assert resumer.returncode == 0 and final["status"] == "succeeded", (
-        final["status"], final["error_message"], err
+        final["status"],
+        final["error_message"],
+        err,
     )
     assert git(demo_repo, "show", f"hal/{task_id}:result.txt") == "done"
     assert git(demo_repo, "show", f"hal/{task_id}:runs.log") == "run", "the agent ran once"

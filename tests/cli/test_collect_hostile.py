@@ -123,7 +123,7 @@ def test_a_committed_secret_keeps_the_branch_out(
 ) -> None:
     """The value of a forwarded secret in the result stops the branch."""
     value = "tok-4f9c1e7a2b8d"
-    agent = "sh -c 'mkdir -p conf && printf \"%s\\n\" \"$API_TOKEN\" > conf/token'"
+    agent = 'sh -c \'mkdir -p conf && printf "%s\\n" "$API_TOKEN" > conf/token\''
     repo = ["--repo", f"file://{demo_repo}"] if source == "url" else []
     out = hal(
         "run", *repo, "--provider", "bwrap", "--env", "API_TOKEN", "--agent", agent, "go",

@@ -14,10 +14,14 @@ AGENT = ("--agent", "true {{prompt_file}}")
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
-        (("--egress-only", "none", "--egress", "example.com"),
-         "--egress example.com is outside --egress-only none"),
-        (("--egress-only", "a.example", "--egress", "b.example"),
-         "--egress b.example is outside --egress-only a.example"),
+        (
+            ("--egress-only", "none", "--egress", "example.com"),
+            "--egress example.com is outside --egress-only none",
+        ),
+        (
+            ("--egress-only", "a.example", "--egress", "b.example"),
+            "--egress b.example is outside --egress-only a.example",
+        ),
         (("--env", "TERM=dumb"), "--env TERM would be replaced by tmux's own"),
         (("--env", "TERM"), "--env TERM would be replaced by tmux's own"),
     ],

@@ -125,5 +125,3 @@ def test_a_task_listed_before_the_next_daemon_is_queued_again_by_it(
     assert "the agent had not started" in task["error_message"], task
     task = succeeds_after_a_restart(hal, demo_repo, task_id, main)
     assert task["infra_retries"] == 1, "queued again by the next daemon"
-
-

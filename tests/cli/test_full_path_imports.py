@@ -164,8 +164,7 @@ def test_choosing_the_task_api_imports_the_in_process_one_only_for_itself() -> N
     task service and the event models at its top: ``hal task resume --detach`` or ``task rm``
     through a daemon loaded all of it to send one request."""
     probe = (
-        "import json, sys; import hal9999.cli.via_daemon; "
-        "print(json.dumps(sorted(sys.modules)))"
+        "import json, sys; import hal9999.cli.via_daemon; print(json.dumps(sorted(sys.modules)))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True

@@ -33,8 +33,7 @@ def _big_repo(repo: Path, files: int) -> Path:
 
 def _collect_s(hal: Hal, repo: Path) -> tuple[float, str]:
     """Seconds from ``collecting`` to the collected note of a run in ``repo``; its log."""
-    out = hal("run", "--provider", "bwrap", "--agent", AGENT, "go", "--json", cwd=repo,
-              timeout=300)
+    out = hal("run", "--provider", "bwrap", "--agent", AGENT, "go", "--json", cwd=repo, timeout=300)
     task = json.loads(out.stdout)
     assert task.get("status") == "succeeded" and task["files_changed"] == 1, out.stderr
     events = events_of(hal, task["id"])

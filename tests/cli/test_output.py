@@ -223,7 +223,7 @@ def test_invisible_characters_are_spelled_out_and_joiners_kept() -> None:
 def test_json_lines_escape_bidi_and_invisible_characters() -> None:
     # `hal run --events` and `hal task events --json` on a terminal: an RLO in a string
     # reordered the line, tag characters hid what it holds (`--json` is ASCII already).
-    text = "if x != \"user\u202e \u2066// admin\u2069\u200b" + chr(0xE0072) + "\"\x9b"
+    text = 'if x != "user\u202e \u2066// admin\u2069\u200b' + chr(0xE0072) + '"\x9b'
     line = json.dumps({"text": text}, ensure_ascii=False)
     escaped = escape_json_line(line)
     assert escaped.isascii(), escaped

@@ -165,8 +165,15 @@ def test_a_node_killed_mid_task_fails_it_clearly_and_keeps_the_last_sync(
     git(demo_repo, "commit", "-qm", "slow agent")
     command = [sys.executable, "-m", "hal9999", "run", "--agent", "sh slow.sh {{prompt_file}}",
                "work slowly"]  # fmt: skip
-    with subprocess.Popen(command, cwd=demo_repo, env=hal_env, stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as run:
+    with subprocess.Popen(
+        command,
+        cwd=demo_repo,
+        env=hal_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as run:
         try:
             deadline = time.monotonic() + 120
             progress = None

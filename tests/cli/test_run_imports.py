@@ -217,7 +217,7 @@ def test_a_run_does_not_import_the_providers_whose_tables_it_does_not_use(
     # check their tables is dear in CPU (docs/benchmarks.md).
     config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
     config.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text("[providers.qemu]\nboot = \"cold\"\n[providers.kubernetes]\n")
+    config.write_text('[providers.qemu]\nboot = "cold"\n[providers.kubernetes]\n')
     modules, _ = _run_and_list(hal_env, demo_repo)
     assert "hal9999.providers.bwrap.provider" in modules  # the run did load its own provider
     unused = {"hal9999.providers.qemu.provider", "hal9999.providers.k8s.provider"}

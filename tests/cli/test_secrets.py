@@ -202,8 +202,8 @@ def test_credential_file_values_are_masked_and_reinstalled_on_resume(
     # The agent prints the file, and the token hex-encoded and base64-encoded.
     agent = (
         "sh -c 'f=$HOME/.config/gh/hosts.yml; cat $f; "
-        "grep oauth_token $f | cut -d\" \" -f4 | tr -d \"\\n\" | od -An -tx1; "
-        "grep oauth_token $f | cut -d\" \" -f4 | base64'"
+        'grep oauth_token $f | cut -d" " -f4 | tr -d "\\n" | od -An -tx1; '
+        'grep oauth_token $f | cut -d" " -f4 | base64\''
     )
     out = hal("run", "--agent", agent, "x")
     assert out.returncode == 0, out.stderr

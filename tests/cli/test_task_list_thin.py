@@ -25,6 +25,7 @@ from hal9999.tasks.state import ACTIVE, FINAL_VALUES, TaskStatus
 MODELS = {"pydantic", "pydantic_core", "httpx", "asyncio", "anyio"}
 """What the thin path has no use for (the full path imports all of them)."""
 
+
 def _env(home: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HAL_", "XDG_"))}
     env.update(HAL_HOME=str(home), HOME=str(home / "user"), **extra)
@@ -101,9 +102,7 @@ def test_a_task_whose_runner_died_is_still_reconciled(home: Path) -> None:
 
 
 @pytest.mark.parametrize("runner", ["dead", "live"])
-def test_a_killed_runs_sandbox_takes_the_full_path_which_sweeps_it(
-    home: Path, runner: str
-) -> None:
+def test_a_killed_runs_sandbox_takes_the_full_path_which_sweeps_it(home: Path, runner: str) -> None:
     # A run killed between its final status and its sandbox's destroy: its record names
     # the sandbox and its dead runner; the thin path does not destroy, the full one does
     # (tasks/deadruns.py). A live runner's (a run in that moment) is not owed: thin.

@@ -102,9 +102,10 @@ def test_offline_api_agent_is_named_before_it_starts(hal: Hal, hal_env: dict[str
     [started] = [i for i, line in enumerate(lines) if line.startswith("hal: task ")]
     assert warning < started  # said before the agent starts
     assert "has no API key: ANTHROPIC_API_KEY is not set" in lines[warning], lines[warning]
-    assert "hal auth claude login" in lines[warning] and "network" not in lines[warning].split(
-        "needs no network"
-    )[1], lines[warning]
+    assert (
+        "hal auth claude login" in lines[warning]
+        and "network" not in lines[warning].split("needs no network")[1]
+    ), lines[warning]
     [task] = tasks_json(hal)
     again = hal("task", "resume", task["id"], env=env)
     # Up front: after at most the line naming the config files, before anything else.

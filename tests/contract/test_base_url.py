@@ -50,9 +50,7 @@ async def test_a_settings_object_the_config_never_checked_is_refused_at_the_rout
     assert request["config"] is not None
     bad = AgentConfig.model_construct(base_url="api.anthropic.com")
     request["config"] = request["config"].model_copy(update={"agents": {"claude": bad}})
-    assert request["config"].agent_settings("claude") == AgentSettings(
-        base_url="api.anthropic.com"
-    )
+    assert request["config"].agent_settings("claude") == AgentSettings(base_url="api.anthropic.com")
 
     with pytest.raises(ConfigError) as refused:
         await task_path.api.run(request)

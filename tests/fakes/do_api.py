@@ -149,7 +149,7 @@ class FakeDigitalOcean(FakeVendorApi[FakeDroplet]):
         chosen = [d for d in sorted(self.droplets.values(), key=lambda d: d.id)
                   if tag is None or tag in d.body["tags"]]  # fmt: skip
         last = max(1, -(-len(chosen) // per_page))
-        items = chosen[(page - 1) * per_page: page * per_page]
+        items = chosen[(page - 1) * per_page : page * per_page]
 
         def link(number: int) -> str:
             params = {"page": number, "per_page": per_page} | ({"tag_name": tag} if tag else {})
@@ -248,4 +248,3 @@ _MESSAGES = {
 def _error(status: int) -> dict[str, str]:
     error_id, message = _MESSAGES.get(status, ("error", "Something went wrong."))
     return {"id": error_id, "message": message}
-

@@ -169,10 +169,14 @@ class FakeKube(PodRuntime):
         if client is not None:
             user |= {"client-certificate-data": _b64(client[0]),
                      "client-key-data": _b64(client[1])}  # fmt: skip
-        doc = {"apiVersion": "v1", "kind": "Config", "current-context": "fake",
-               "clusters": [{"name": "fake", "cluster": cluster}],
-               "users": [{"name": "hal", "user": user}],
-               "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "hal"}}]}
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": cluster}],
+            "users": [{"name": "hal", "user": user}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "hal"}}],
+        }
         path.write_text(json.dumps(doc))  # JSON is YAML
         return path  # fmt: skip
 
@@ -279,8 +283,12 @@ class FakeKube(PodRuntime):
             for item in items:
                 item.pop("kind", None)
                 item.pop("apiVersion", None)
-            body = {"kind": "PodList", "apiVersion": "v1",
-                    "metadata": {"resourceVersion": str(self._version)}, "items": items}
+            body = {
+                "kind": "PodList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._version)},
+                "items": items,
+            }
             return self._answer("PodList", body)  # fmt: skip
         try:
             body = json.loads(await request.body())
@@ -293,13 +301,20 @@ class FakeKube(PodRuntime):
             return self._answer("Status", status(409, "AlreadyExists", msg, name=name,
                                                  kind="pods"), 409)  # fmt: skip
         body.setdefault("metadata", {}).update(
-            namespace=ns, uid=str(uuid.uuid4()), resourceVersion=self._bump(),
+            namespace=ns,
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._bump(),
             creationTimestamp=_now(),
         )
         body["spec"]["nodeName"] = "fake-node"
-        body["status"] = {"phase": "Pending", "startTime": _now(), "qosClass": "Guaranteed",
-                          "conditions": [{"type": "PodScheduled", "status": "True",
-                                          "lastTransitionTime": _now()}]}
+        body["status"] = {
+            "phase": "Pending",
+            "startTime": _now(),
+            "qosClass": "Guaranteed",
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}
+            ],
+        }
         root = self._tmp / body["metadata"]["uid"]
         for sub in ("hal", "tmp"):
             (root / sub).mkdir(parents=True)
@@ -370,16 +385,26 @@ class FakeKube(PodRuntime):
         ns = request.path_params["ns"]
         if request.method == "GET":
             items = [copy.deepcopy(p) for (n, _), p in sorted(self.policies.items()) if n == ns]
-            return self._answer("NetworkPolicyList", {
-                "kind": "NetworkPolicyList", "apiVersion": "networking.k8s.io/v1",
-                "metadata": {"resourceVersion": str(self._version)}, "items": items})
+            return self._answer(
+                "NetworkPolicyList",
+                {
+                    "kind": "NetworkPolicyList",
+                    "apiVersion": "networking.k8s.io/v1",
+                    "metadata": {"resourceVersion": str(self._version)},
+                    "items": items,
+                },
+            )
         body = json.loads(await request.body())
         name = body["metadata"]["name"]
         if (ns, name) in self.policies:
             msg = f'networkpolicies.networking.k8s.io "{name}" already exists'
             return self._answer("Status", status(409, "AlreadyExists", msg), 409)
-        body["metadata"].update(namespace=ns, uid=str(uuid.uuid4()),
-                                resourceVersion=self._bump(), creationTimestamp=_now())
+        body["metadata"].update(
+            namespace=ns,
+            uid=str(uuid.uuid4()),
+            resourceVersion=self._bump(),
+            creationTimestamp=_now(),
+        )
         self.policies[(ns, name)] = body
         return self._answer("NetworkPolicy", copy.deepcopy(body), 201)  # fmt: skip
 
@@ -391,6 +416,14 @@ class FakeKube(PodRuntime):
             return self._answer("Status", status(404, "NotFound", msg), 404)
         if request.method == "DELETE":
             del self.policies[key]
-            return self._answer("Status", {"kind": "Status", "apiVersion": "v1", "metadata": {},
-                                           "status": "Success", "details": {"name": key[1]}})
+            return self._answer(
+                "Status",
+                {
+                    "kind": "Status",
+                    "apiVersion": "v1",
+                    "metadata": {},
+                    "status": "Success",
+                    "details": {"name": key[1]},
+                },
+            )
         return self._answer("NetworkPolicy", copy.deepcopy(found))

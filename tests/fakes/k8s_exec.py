@@ -31,6 +31,7 @@ class FakePod:
     child_pid: int | None = None
     execs: set[asyncio.subprocess.Process] = field(default_factory=set)
 
+
 def status(code: int, reason: str, message: str, **details: Any) -> dict[str, Any]:
     """A metav1.Status object."""
     body: dict[str, Any] = {"kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -198,10 +199,13 @@ class PodRuntime:
         if code == 0:
             final: dict[str, Any] = {"metadata": {}, "status": "Success"}
         else:
-            final = {"metadata": {}, "status": "Failure",
-                     "message": f"command terminated with non-zero exit code: exit status {code}",
-                     "reason": "NonZeroExitCode",
-                     "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]}}
+            final = {
+                "metadata": {},
+                "status": "Failure",
+                "message": f"command terminated with non-zero exit code: exit status {code}",
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": str(code)}]},
+            }
         with contextlib.suppress(Exception):
             await ws.send_bytes(b"\x03" + json.dumps(final).encode())
             await ws.close()  # fmt: skip

@@ -76,7 +76,7 @@ def boot(name: str) -> None:
                 continue
             script = scratch.parent / f"{scratch.name}.sh"
             script.write_text(step["script"])
-            run = ("mount --bind \"$1\" /etc/ssh && exec sh \"$2\"")
+            run = 'mount --bind "$1" /etc/ssh && exec sh "$2"'
             subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", run,
                             "sh", str(scratch), str(script)], check=True)  # fmt: skip
             script.unlink()
@@ -182,7 +182,7 @@ def main(argv: list[str]) -> int:
                 "delete": delete, "remove": delete, "rm": delete, "shell": shell}  # fmt: skip
     command = commands.get(argv[0])
     if command is None:
-        return fail(f"unknown command {argv[0]!r} for \"limactl\"")
+        return fail(f'unknown command {argv[0]!r} for "limactl"')
     return command(argv[1:])
 
 

@@ -115,8 +115,19 @@ class FakeMorph(FakeVendorApi[FakeInstance]):
                 body = body if isinstance(body, dict) else {}
                 action = body.get("ttl_action") or "stop"
                 if action not in ("stop", "pause"):
-                    return 422, {"detail": [{"loc": ["body", "ttl_action"],
-                                             "msg": "invalid", "type": "value_error"}]}, {}
+                    return (
+                        422,
+                        {
+                            "detail": [
+                                {
+                                    "loc": ["body", "ttl_action"],
+                                    "msg": "invalid",
+                                    "type": "value_error",
+                                }
+                            ]
+                        },
+                        {},
+                    )
                 inst = self._boot(snapshot, dict(body.get("metadata") or {}),
                                   body.get("ttl_seconds"), action)  # fmt: skip
                 return 200, inst.view(), {}
@@ -183,4 +194,3 @@ def _run(command: list[str]) -> dict[str, Any]:
         return {"exit_code": 124, "stdout": "", "stderr": "timed out"}
     return {"exit_code": done.returncode, "stdout": done.stdout.decode("utf-8", "replace"),
             "stderr": done.stderr.decode("utf-8", "replace")}  # fmt: skip
-

@@ -50,12 +50,21 @@ def scan_files() -> tuple[list[str], int]:
 
 def call(key: str) -> int:
     base = os.environ["ANTHROPIC_BASE_URL"].rstrip("/")
-    body = {"model": "claude-sonnet-4-5", "max_tokens": 64, "stream": True,
-            "messages": [{"role": "user", "content": "hello"}]}
+    body = {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "stream": True,
+        "messages": [{"role": "user", "content": "hello"}],
+    }
     request = urllib.request.Request(
-        base + "/v1/messages", data=json.dumps(body).encode(), method="POST",
-        headers={"x-api-key": key, "content-type": "application/json",
-                 "anthropic-version": "2023-06-01"},
+        base + "/v1/messages",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={
+            "x-api-key": key,
+            "content-type": "application/json",
+            "anthropic-version": "2023-06-01",
+        },
     )
     try:
         with urllib.request.urlopen(request, timeout=30) as response:

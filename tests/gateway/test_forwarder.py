@@ -70,5 +70,3 @@ def _serving(path: str) -> bool:
             if needle in cmdline and state != b"Z":
                 return True
     return False
-
-

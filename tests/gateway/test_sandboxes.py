@@ -38,5 +38,3 @@ def test_a_container_task_calls_the_model_and_egress_through_the_gateway(
 ) -> None:
     hal_cli.env |= {"HAL_PROVIDER": "docker", "HAL_DOCKER_URL": os.environ["HAL_DOCKER_URL"]}
     run_bash_agent(hal_cli, bug_repo, upstream, dummy_key, "docker")
-
-

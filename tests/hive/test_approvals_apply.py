@@ -69,9 +69,7 @@ async def test_a_fast_forward_moves_the_target_to_the_shown_commit(
     assert git(repo, "rev-parse", "main") == head
 
 
-async def test_a_branch_that_moved_after_the_proposal_is_refused(
-    store: Store, repo: Path
-) -> None:
+async def test_a_branch_that_moved_after_the_proposal_is_refused(store: Store, repo: Path) -> None:
     agent_commit(repo, "alice", {"new.txt": "shown\n"})
     main = git(repo, "rev-parse", "main")
     proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")
@@ -129,7 +127,7 @@ async def test_the_repositorys_hooks_never_run(store: Store, repo: Path, tmp_pat
     git(repo, "commit", "-qm", "notes")  # so approving makes a merge commit
     git(repo, "checkout", "-q", "work")
     marker = tmp_path / "hook-ran"
-    hook = f"#!/bin/sh\necho \"$0\" >> {marker}\n"
+    hook = f'#!/bin/sh\necho "$0" >> {marker}\n'
     hooks_dirs = [repo / ".git" / "hooks", tmp_path / "configured-hooks"]
     for directory in hooks_dirs:
         directory.mkdir(exist_ok=True)

@@ -17,9 +17,7 @@ from hal9999.hive.threads import Approval, open_threads
 from hal9999.store import Store
 
 
-async def test_a_denial_and_its_reason_reach_the_proposing_agent(
-    store: Store, repo: Path
-) -> None:
+async def test_a_denial_and_its_reason_reach_the_proposing_agent(store: Store, repo: Path) -> None:
     agent_commit(repo, "alice", {"new.txt": "hello\n"})
     main = git(repo, "rev-parse", "main")
     proposal = await approvals.propose_apply(store, proposer="alice", repo=repo, target="main")

@@ -257,9 +257,7 @@ def test_hive_events_long_poll_wakes_on_a_new_event(
 
     threading.Timer(1.0, lambda: hal("msg", "send", "dave", "wake the poll")).start()
     started = time.monotonic()
-    page = asyncio.run(
-        client.call("GET", "/v1/hive/events", query={"after": after, "wait": 20})
-    )
+    page = asyncio.run(client.call("GET", "/v1/hive/events", query={"after": after, "wait": 20}))
     waited = time.monotonic() - started
     assert 0.5 < waited < 15, waited
     [sent] = page["events"]

@@ -53,9 +53,7 @@ def turn(hal: Hal, name: str, text: str, count: int) -> dict[str, Any]:
     return poll(f"{name}'s turn {count}", lambda: turns_done(hal, name, count))  # type: ignore[no-any-return]
 
 
-def test_a_warm_agent_keeps_one_sandbox_and_releases_it(
-    serve: Hal, hive_repo: Path
-) -> None:
+def test_a_warm_agent_keeps_one_sandbox_and_releases_it(serve: Hal, hive_repo: Path) -> None:
     hal = serve
     spawn(hal, hive_repo, "alice", "--keep-warm", "--warm-idle", "1h")
     assert agent_of(hal, "alice")["policy"]["warm"] is True

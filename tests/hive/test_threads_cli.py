@@ -138,8 +138,12 @@ def test_an_agents_tool_names_and_crash_detail_reach_the_terminal_sanitised(
     turn = stats.start_turn(store, "alice", None, "message from operator", [])
     stats.finish_turn(store, turn, "ok", {"tool_calls": 1, "tools": {call.name: 1}}, 0)
     # A crash's detail quotes the task's error, which the agent can write into.
-    update_agent(store, "alice", state="crashed",
-                 detail=f"the turn failed before the agent ran: \x1b]0;owned\x07boom\n{forged}")
+    update_agent(
+        store,
+        "alice",
+        state="crashed",
+        detail=f"the turn failed before the agent ran: \x1b]0;owned\x07boom\n{forged}",
+    )
     views = [(("agent", "stats", "alice"), "tool calls: 1 (Bash"), (("agent", "list"), "boom"),
              (("agent", "show", "alice"), "boom")]  # fmt: skip
     for args, shown in views:

@@ -296,7 +296,7 @@ async def test_tmux_status_asks_the_kernel_not_tmux(
     import signal
 
     from hal9999.process import tmux as tmux_module
-    
+
     asked: list[list[str]] = []
     real_run_host = tmux_module.run_host
 

@@ -62,4 +62,3 @@ async def run_cmd(run: RunDir, pings: bool = True, **kwargs: object) -> tuple[in
                                    what="x", **kwargs)  # type: ignore[arg-type]  # fmt: skip
     finally:
         port.release()
-

@@ -408,12 +408,6 @@ def test_the_seccomp_filter_is_assembled_once_a_process() -> None:
     assert seccomp.build(deny_userns=False) != seccomp.build()
 
 
-
-
-
-
-
-
 async def test_what_a_command_writes_to_stderr_is_kept_within_a_bound(
     sandbox: BwrapSandbox,
 ) -> None:

@@ -96,8 +96,11 @@ def test_the_fakes_check_hook_keeps_what_a_wrong_answer_breaks(fake_do: FakeDigi
     # The hook above can fail: a droplet in a status DigitalOcean never gives is reported.
     fake_do.check = check
     with fake_do.lock:
-        fake_do.droplets[1] = FakeDroplet(1, {"name": "odd", "image": 1, "region": "nyc3",
-                                              "size": "s-1vcpu-1gb", "tags": []}, status="dreaming")
+        fake_do.droplets[1] = FakeDroplet(
+            1,
+            {"name": "odd", "image": 1, "region": "nyc3", "size": "s-1vcpu-1gb", "tags": []},
+            status="dreaming",
+        )
     request = urllib.request.Request(f"{fake_do.url}/v2/droplets/1",
                                      headers={"authorization": f"Bearer {TOKEN}"})  # fmt: skip
     with urllib.request.urlopen(request, timeout=10) as answer:

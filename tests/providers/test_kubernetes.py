@@ -220,9 +220,7 @@ async def test_vanished_pod_is_a_clear_error_and_the_session_keeps_the_last_pull
     assert await provider.ledger.open_machines() == []
 
 
-async def test_exec_refused_by_auth_maps_to_auth_error(
-    fake_k8s: FakeKube, hal_home: Path
-) -> None:
+async def test_exec_refused_by_auth_maps_to_auth_error(fake_k8s: FakeKube, hal_home: Path) -> None:
     provider = make(hal_home)
     async with await provider.create(spec()) as sandbox:
         fake_k8s.faults.append(Fault(401, method="EXEC"))

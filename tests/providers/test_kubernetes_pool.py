@@ -42,12 +42,18 @@ def serving(hal: Hal) -> Iterator[Hal]:  # noqa: F811
 
 def free_pods(fake: FakeKube) -> list[str]:
     namespace = os.environ["HAL_K8S_NAMESPACE"]
-    return sorted(name for (ns, name), pod in fake.pods.items()
-                  if ns == namespace and pod.body["metadata"]["labels"].get(CLAIM) == "free")
+    return sorted(
+        name
+        for (ns, name), pod in fake.pods.items()
+        if ns == namespace and pod.body["metadata"]["labels"].get(CLAIM) == "free"
+    )
 
 
 def test_hal_pool_warms_and_drains_kubernetes_warm_pods(
-    fake_k8s: FakeKube, serving: Hal, hal_env: dict[str, str], reaped: None  # noqa: F811
+    fake_k8s: FakeKube,
+    serving: Hal,
+    hal_env: dict[str, str],
+    reaped: None,  # noqa: F811
 ) -> None:
     home = Path(hal_env["HAL_HOME"])
     out = serving("pool", "warm", "2", "--provider", "kubernetes", "--json", timeout=120)

@@ -66,7 +66,8 @@ def test_a_pod_with_no_network_calls_the_model_and_egress_through_the_gateway(
     hal_cli.env |= {k: v for k, v in os.environ.items() if k.startswith("HAL_K8S_")}
     hal_cli.env["HAL_PROVIDER"] = "kubernetes"
     fake_k8s.canary = dummy_key.encode()
-    run_bash_agent(hal_cli, bug_repo, upstream, dummy_key, "kubernetes",
-                   command="/hal/ws/caller.sh")  # the workspace as a pod sees it
+    run_bash_agent(
+        hal_cli, bug_repo, upstream, dummy_key, "kubernetes", command="/hal/ws/caller.sh"
+    )  # the workspace as a pod sees it
     assert fake_k8s.canary_seen == 0, "the real key went into the pod"
     assert any("hal-sockmux" in url for method, url in fake_k8s.calls if method == "EXEC")

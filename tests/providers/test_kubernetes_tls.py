@@ -74,8 +74,12 @@ async def test_a_wrong_ca_is_one_clear_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     other = make_pki(tmp_path / "other", name="someone-else")
-    use(monkeypatch, cert_server.kubeconfig(tmp_path / "kc", token=None, ca=other.ca,
-                                            client=(pki.client_cert, pki.client_key)))
+    use(
+        monkeypatch,
+        cert_server.kubeconfig(
+            tmp_path / "kc", token=None, ca=other.ca, client=(pki.client_cert, pki.client_key)
+        ),
+    )
     with pytest.raises(HalError) as info:
         await make(hal_home, api_attempts=1).create(spec())
     line = info.value.one_line()

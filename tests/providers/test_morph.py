@@ -194,8 +194,12 @@ async def test_orphans_are_deleted_and_other_owners_kept(
     provider = make(hal_home, fake_morph_settings)
     sandbox = await provider.create(spec(workspace))
     with fake_morph.lock:
-        fake_morph._boot("snapshot_golden", {"hal9999": provider.owner_id(),
-                                             "hal9999_sandbox": "0123456789ab"}, None, "pause")
+        fake_morph._boot(
+            "snapshot_golden",
+            {"hal9999": provider.owner_id(), "hal9999_sandbox": "0123456789ab"},
+            None,
+            "pause",
+        )
         theirs = fake_morph._boot("snapshot_golden", {"hal9999": "someone-else",
                                                       "hal9999_sandbox": "aaaaaaaaaaaa"},
                                   None, "pause")  # fmt: skip

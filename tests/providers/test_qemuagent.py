@@ -220,6 +220,7 @@ async def test_a_slow_guest_is_nudged_bounded_by_the_timeout_and_told_to_kill(
     run_dir: RunDir, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(qemuagent, "KEEPALIVE_S", 0.1)
+
     async def guest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await hello(reader, writer)
         writer.write(frame(b"O", b"so far"))

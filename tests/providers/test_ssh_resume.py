@@ -44,9 +44,7 @@ def toml_hosts(*servers: tuple[str, Sshd]) -> str:
     return text
 
 
-async def test_a_push_streams_the_workspace(
-    host_a: Sshd, hal_home: Path, tmp_path: Path
-) -> None:
+async def test_a_push_streams_the_workspace(host_a: Sshd, hal_home: Path, tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
     with (workspace / "big.bin").open("wb") as out:
@@ -76,9 +74,7 @@ AGENT = (
 
 
 @pytest.mark.slow
-def test_a_task_stopped_on_a_lost_host_resumes_on_another(
-    host_b: Sshd, tmp_path: Path
-) -> None:
+def test_a_task_stopped_on_a_lost_host_resumes_on_another(host_b: Sshd, tmp_path: Path) -> None:
     repo = tmp_path / "repo"
     repo.mkdir()
     (repo / "README").write_text("hi\n")

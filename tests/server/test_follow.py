@@ -104,9 +104,7 @@ async def test_a_follower_keeps_following_a_run_the_scheduler_queues_again(
     await asyncio.wait_for(service.ended.wait(), 30)
     first = await follow_page(daemon, "againaaa", after_seq=0, wait=0)
     last = first["events"][-1]["seq"]
-    follower = asyncio.create_task(
-        follow_page(daemon, "againaaa", after_seq=last, wait=LONG_POLL)
-    )
+    follower = asyncio.create_task(follow_page(daemon, "againaaa", after_seq=last, wait=LONG_POLL))
     service.release.set()
     await until(lambda: not scheduler.running)
     await daemon.bus.follower_waits()  # past the run's end, it waits for an event
@@ -152,9 +150,7 @@ async def test_the_page_of_a_run_queued_again_goes_at_once_not_done(tmp_path: Pa
     await asyncio.wait_for(service.ended.wait(), 30)
     service.release.set()
     await until(lambda: not scheduler.running)
-    page = await asyncio.wait_for(
-        follow_page(daemon, "retryaaa", after_seq=0, wait=LONG_POLL), 30
-    )
+    page = await asyncio.wait_for(follow_page(daemon, "retryaaa", after_seq=0, wait=LONG_POLL), 30)
     assert [e["type"] for e in page["events"]] == ["phase", "task_end"]
     assert page["done"] is False
     store.close()

@@ -64,5 +64,9 @@ def test_a_runner_pid_reused_by_a_process_naming_hal_is_not_the_runner(tmp_path:
     found = json.loads(done.stdout)
     assert found["reused"] and found["before"], found
     assert found == {
-        "reused": True, "before": True, "after": False, "waits": True, "held_elsewhere": False
+        "reused": True,
+        "before": True,
+        "after": False,
+        "waits": True,
+        "held_elsewhere": False,
     }

@@ -121,8 +121,11 @@ def agent_file(path: str, yes: bool) -> None:
         raise UsageError(
             f"cannot write {target}: {exc.strerror or exc}", hint="give a path you can write"
         ) from exc
-    click.echo(f"wrote {target} (mode 600); add to your config:\n  [[credentials]]\n"
-               f'  source = "{target}"\n  target = "~/.claude/.credentials.json"', err=True)
+    click.echo(
+        f"wrote {target} (mode 600); add to your config:\n  [[credentials]]\n"
+        f'  source = "{target}"\n  target = "~/.claude/.credentials.json"',
+        err=True,
+    )
 
 
 def _agent_file_target(path: str) -> Path:

@@ -133,16 +133,24 @@ def agent() -> None:
 
 @agent.command()
 @click.argument("name")
-@click.option("--agent", "preset", type=NAME,
-              help="Agent preset or command template (default: config).")
+@click.option(
+    "--agent", "preset", type=NAME, help="Agent preset or command template (default: config)."
+)
 @click.option("--repo", help="Repository the agent works on (default: its own new one).")
 @click.option("--role", type=click.Path(path_type=Path, dir_okay=False), help="Role prompt file.")
 @click.option("--provider", type=NAME, help="Sandbox provider (default: config).")
-@click.option("--keep-warm/--no-keep-warm", default=None,
-              help="Keep its sandbox between turns (default: [hive] keep_warm, off).")
-@click.option("--warm-idle", "warm_idle", metavar="DURATION",
-              help="Release a warm sandbox after this long with no turn: 90s, 10m, 2h "
-                   "(default: [hive] warm_idle_s, 10m).")
+@click.option(
+    "--keep-warm/--no-keep-warm",
+    default=None,
+    help="Keep its sandbox between turns (default: [hive] keep_warm, off).",
+)
+@click.option(
+    "--warm-idle",
+    "warm_idle",
+    metavar="DURATION",
+    help="Release a warm sandbox after this long with no turn: 90s, 10m, 2h "
+    "(default: [hive] warm_idle_s, 10m).",
+)
 @json_option("Print JSON.")
 def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
           provider: str | None, keep_warm: bool | None, warm_idle: str | None,
@@ -168,7 +176,7 @@ def spawn(name: str, preset: str | None, repo: str | None, role: Path | None,
     if as_json:
         emit_json(data)
     else:
-        click.echo(f"spawned {name}; it wakes on its first message: hal msg send {name} \"...\"")
+        click.echo(f'spawned {name}; it wakes on its first message: hal msg send {name} "..."')
 
 
 def _repo_arg(repo: str | None) -> str | None:
@@ -451,8 +459,9 @@ def hive() -> None:
 
 
 @hive.command()
-@click.option("--agent", "preset", type=NAME,
-              help="Agent preset for the manager (default: config).")
+@click.option(
+    "--agent", "preset", type=NAME, help="Agent preset for the manager (default: config)."
+)
 @click.option("--provider", type=NAME, help="Sandbox provider (default: config).")
 @click.option("--repo", help="Repository the manager works on (default: its own new one).")
 @json_option("Print JSON.")

@@ -168,9 +168,7 @@ async def _images_in_use(config: HalConfig) -> dict[str, list[str]]:
 )  # fmt: skip
 @click.option("--suite", default="bookworm", show_default=True, help="Debian release.")
 @click.option("--mirror", help="Debian mirror (default: the one apt uses here).")
-def image_container(
-    name: str, packages: tuple[str, ...], suite: str, mirror: str | None
-) -> None:
+def image_container(name: str, packages: tuple[str, ...], suite: str, mirror: str | None) -> None:
     """Build a container image for the docker provider (the qemu images' cached Debian
     rootfs, imported into the engine at [providers.docker] url; no registry)."""
     from hal9999.providers.docker.engine import engine_client

@@ -130,7 +130,8 @@ class CountCommand(click.Command):
                 raise
             raise click.UsageError(
                 f"COUNT must be from {COUNT.min} to {COUNT.max}, not {typed}: "
-                f"give a count of {COUNT.min} or more", ctx,
+                f"give a count of {COUNT.min} or more",
+                ctx,
             ) from None
 
 

@@ -41,6 +41,7 @@ def no_tasks(statuses: Sequence[str]) -> str:
         return NO_TASKS
     return f"no {' or '.join(statuses)} tasks (`hal task list` lists every task)"
 
+
 ACTIVE_STATES = frozenset({"queued", "provisioning", "preparing", "running", "collecting"})
 """``tasks.state.ACTIVE``, as names (a test keeps them equal)."""
 FINAL_STATES = ("cancelled", "failed", "succeeded", "timed_out")

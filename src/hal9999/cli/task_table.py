@@ -78,9 +78,7 @@ _CONTROLS = {**dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?"), **SPELLED
 bidirectional and invisible ones spelled out."""
 
 
-_UNSAFE = frozenset(
-    map(chr, [*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), *SPELLED_OUT])
-)
+_UNSAFE = frozenset(map(chr, [*range(0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0), *SPELLED_OUT]))
 """What :func:`hal9999.cli.output.sanitize` acts on: every escape sequence starts with ESC,
 one of these; and the bidirectional controls and invisible characters."""
 

@@ -22,7 +22,6 @@ logged and never breaks a task: the line is then written with ``gseq`` 0 and ind
 next writer that opens the log.
 """
 
-
 import fcntl
 import logging
 import os

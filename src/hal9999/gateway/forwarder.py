@@ -34,7 +34,9 @@ _BUSY_BODY = (
 BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n"
     b"retry-after: 1\r\nconnection: close\r\ncontent-length: "
-    + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+    + str(len(_BUSY_BODY)).encode()
+    + b"\r\n\r\n"
+    + _BUSY_BODY
 )
 """The answer when the gateway cannot be reached: a 503 the agents' clients retry."""
 

@@ -342,17 +342,25 @@ class Gateway:
     def _refused(self, grant: Grant, wants: ModelRequest) -> tuple[int, str, str] | None:
         unrecorded = self.ledger.unrecorded.get(grant.task_id)
         if unrecorded is not None:  # its spend so far is not all in the store: fail closed
-            return 400, GatewayError.code, (
-                f"hal gateway: the spend of an earlier call of this task could not be recorded "
-                f"({unrecorded}), so it gets no more calls until it is (see the gateway's log)"
+            return (
+                400,
+                GatewayError.code,
+                (
+                    f"hal gateway: the spend of an earlier call of this task could not be recorded "
+                    f"({unrecorded}), so it gets no more calls until it is (see the gateway's log)"
+                ),
             )
         allowed = grant.models
         for model in wants.models:
             named = "the Azure deployment" if model in wants.deployments else "model"
             if allowed is not None and model not in allowed:
-                return 403, "model_not_allowed", (
-                    f"hal gateway: {named} {model!r} is not allowed for this task "
-                    f"(allowed: {', '.join(allowed)})"
+                return (
+                    403,
+                    "model_not_allowed",
+                    (
+                        f"hal gateway: {named} {model!r} is not allowed for this task "
+                        f"(allowed: {', '.join(allowed)})"
+                    ),
                 )
             if _cost_capped(grant) and not self._priced(grant, model):
                 # Its calls would cost null, which no cost budget counts.
@@ -362,12 +370,16 @@ class Gateway:
         if grant.max_tokens is not None or grant.max_cost_usd is not None:
             spent_tokens, spent_cost = self.ledger.task_spent(grant.task_id)
             if grant.max_tokens is not None and spent_tokens >= grant.max_tokens:
-                return 400, "budget_exceeded", (
-                    f"hal gateway: the task's token budget ({grant.max_tokens}) is spent"
+                return (
+                    400,
+                    "budget_exceeded",
+                    (f"hal gateway: the task's token budget ({grant.max_tokens}) is spent"),
                 )
             if grant.max_cost_usd is not None and spent_cost >= grant.max_cost_usd:
-                return 400, "budget_exceeded", (
-                    f"hal gateway: the task's cost budget (${grant.max_cost_usd:g}) is spent"
+                return (
+                    400,
+                    "budget_exceeded",
+                    (f"hal gateway: the task's cost budget (${grant.max_cost_usd:g}) is spent"),
                 )
         daily = _daily(grant)
         if daily is not None:

@@ -16,6 +16,7 @@ from hal9999.gateway.wire import Answer
 
 logger = logging.getLogger(__name__)
 
+
 def error_body(status: int, code: str, text: str, path: str = "") -> bytes:
     """The JSON error body of a refusal, in the dialect of the API ``path`` belongs to."""
     if path.startswith(("/v1beta/", "/v1alpha/")) or ":generateContent" in path:
@@ -70,8 +71,10 @@ class RefusalLimit:
         seen, wait_s = self.count(task_id, now)
         headers = []
         if seen > REFUSALS_PER_MINUTE:
-            text = (f"hal gateway: this task's calls were refused {REFUSALS_PER_MINUTE}"
-                    f" times this minute (the last: {code}); try again in {wait_s:.0f} s")
+            text = (
+                f"hal gateway: this task's calls were refused {REFUSALS_PER_MINUTE}"
+                f" times this minute (the last: {code}); try again in {wait_s:.0f} s"
+            )
             status, code = 429, "too_many_refusals"
             headers.append(("retry-after", f"{wait_s:.0f}"))
         await send(out, status, code, text, path=path, headers=headers)
@@ -84,5 +87,10 @@ class RefusalLimit:
 
 def _report(task_id: str, seen: int) -> None:
     if seen > REFUSALS_PER_MINUTE + 1:
-        logger.warning("gateway: task %s had %d refused calls in a minute; %d were answered "
-                       "429 and not stored", task_id, seen, seen - REFUSALS_PER_MINUTE - 1)
+        logger.warning(
+            "gateway: task %s had %d refused calls in a minute; %d were answered "
+            "429 and not stored",
+            task_id,
+            seen,
+            seen - REFUSALS_PER_MINUTE - 1,
+        )

@@ -120,7 +120,9 @@ class GatewayServer:
     async def run(self, ready: int | None = None) -> None:
         """Serve until idle."""
         data = await asyncio.start_unix_server(
-            self.gateway.serve_connection, sock=bound(self.paths.socket), limit=1 << 16,
+            self.gateway.serve_connection,
+            sock=bound(self.paths.socket),
+            limit=1 << 16,
             backlog=BACKLOG,
         )
         os.chmod(self.paths.socket, 0o666)  # tokens, not file modes, decide who is served

@@ -85,8 +85,8 @@ class _Connection:
     def usable(self) -> bool:
         # An upstream that closed a kept connection has fed its EOF by now (or left bytes
         # nobody asked for): either way the connection cannot carry another call.
-        return not self.writer.is_closing() and not self.reader.at_eof() and not _buffered(
-            self.reader
+        return (
+            not self.writer.is_closing() and not self.reader.at_eof() and not _buffered(self.reader)
         )
 
 

@@ -200,9 +200,7 @@ def list_approvals(
 ) -> list[Approval]:
     """The latest ``limit`` proposals, oldest first; only those in ``state`` unless None."""
     if state is None:
-        rows = store._query(
-            "SELECT * FROM hive_approvals ORDER BY created DESC LIMIT ?", (limit,)
-        )
+        rows = store._query("SELECT * FROM hive_approvals ORDER BY created DESC LIMIT ?", (limit,))
     else:
         rows = store._query(
             "SELECT * FROM hive_approvals WHERE state = ? ORDER BY created DESC LIMIT ?",

@@ -47,8 +47,7 @@ def release(store: Store, approval_id: str) -> None:
     """Give up this process's claim (its action failed): the approval may be used again."""
     with store._write() as conn:
         conn.execute(
-            "DELETE FROM hive_gate_uses WHERE approval_id = ? AND holder = ?"
-            " AND state = 'claimed'",
+            "DELETE FROM hive_gate_uses WHERE approval_id = ? AND holder = ? AND state = 'claimed'",
             (approval_id, HOLDER),
         )
 

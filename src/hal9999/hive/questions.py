@@ -196,9 +196,7 @@ def _short(text: str) -> str:
     return repr(line if len(line) <= 80 else line[:77] + "...")
 
 
-def _expire(
-    store: Store, question: Question, why: str | None = None, *, tell: bool = True
-) -> bool:
+def _expire(store: Store, question: Question, why: str | None = None, *, tell: bool = True) -> bool:
     waited = ""
     if question.expires is not None:
         waited = f" after {round(question.expires - question.created)} s"

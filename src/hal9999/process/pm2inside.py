@@ -126,6 +126,7 @@ answering made ``pm2 delete`` wait for ever, and with it the stop of a task past
 limit (the task never ended, its container never went). Past the bound the host goes on:
 the sandbox is restarted or removed next, which ends whatever ran inside."""
 
+
 def hosts_daemons(sandbox: Sandbox) -> bool:
     """Whether a daemon started by one command of ``sandbox`` outlives it (declared by the
     sandbox handle: containers and bare ssh hosts do; bwrap's pid namespaces do not)."""

@@ -275,33 +275,73 @@ def build_router(daemon: Daemon, ctx: ServerContext | None = None) -> Router:
     add = router.add
     add("GET", "/v1/health", health, "Is the daemon up (and its pid).", response=OBJECT)
     add("GET", "/v1/status", status, "What the daemon is doing.", response=OBJECT)
-    add("GET", "/v1/events", all_events, "Every task's events after a gseq (long poll).",
-        query=("after", "wait"), response=PAGE)
-    add("GET", "/v1/tasks/{id}/events", task_events, "One task's events after a seq.",
-        query=("after_seq", "wait", "wake"), response=TASK_PAGE)
+    add(
+        "GET",
+        "/v1/events",
+        all_events,
+        "Every task's events after a gseq (long poll).",
+        query=("after", "wait"),
+        response=PAGE,
+    )
+    add(
+        "GET",
+        "/v1/tasks/{id}/events",
+        task_events,
+        "One task's events after a seq.",
+        query=("after_seq", "wait", "wake"),
+        response=TASK_PAGE,
+    )
     # Its schema is made when the OpenAPI document is asked for, not at every daemon's
     # start and stop; the fields checked are the model's own.
     add("POST", "/v1/tasks", create, "Create a task and queue it.", body=run_body_schema,
         body_fields=wire_fields(), response=TASK)  # fmt: skip
-    add("GET", "/v1/tasks", list_tasks, "Tasks, newest first.", query=("status", "limit"),
-        response=TASKS)
+    add(
+        "GET",
+        "/v1/tasks",
+        list_tasks,
+        "Tasks, newest first.",
+        query=("status", "limit"),
+        response=TASKS,
+    )
     add("GET", "/v1/tasks/{id}", show, "One task by id or unique prefix.", response=TASK)
     add("POST", "/v1/tasks/{id}/cancel", cancel, "Cancel a task.", response=TASK)
     add("POST", "/v1/tasks/{id}/stop", stop, "Stop a task, keeping its files.", response=TASK)
-    add("POST", "/v1/tasks/{id}/resume", resume, "Resume a task (a follow-up prompt).",
-        body=RESUME_BODY, response=TASK)
-    add("DELETE", "/v1/tasks/{id}", remove, "Remove a finished task.", query=("force",),
-        response=TASK)
+    add(
+        "POST",
+        "/v1/tasks/{id}/resume",
+        resume,
+        "Resume a task (a follow-up prompt).",
+        body=RESUME_BODY,
+        response=TASK,
+    )
+    add(
+        "DELETE",
+        "/v1/tasks/{id}",
+        remove,
+        "Remove a finished task.",
+        query=("force",),
+        response=TASK,
+    )
     add("GET", "/v1/pool", pool_status, "The warm pool per provider.", response=OBJECT)
     add("POST", "/v1/pool/warm", warm, "Warm sandboxes.", body=WARM_BODY, response=OBJECT)
     add("POST", "/v1/pool/drain", drain, "Destroy the idle warm sandboxes.", response=OBJECT)
     add("GET", "/v1/sandboxes", sandboxes, "Sandboxes the pool knows.", response=OBJECT)
-    add("POST", "/v1/sandboxes/{provider}/{id}/exec", sandbox_exec,
-        "Run a command in a sandbox.", body=EXEC_BODY, response=OBJECT)
-    add("DELETE", "/v1/sandboxes/{provider}/{id}", sandbox_destroy, "Destroy a sandbox.",
-        response=OBJECT)
-    add("POST", "/v1/shutdown", shutdown, "Stop the daemon (agents keep running).",
-        response=OBJECT)
+    add(
+        "POST",
+        "/v1/sandboxes/{provider}/{id}/exec",
+        sandbox_exec,
+        "Run a command in a sandbox.",
+        body=EXEC_BODY,
+        response=OBJECT,
+    )
+    add(
+        "DELETE",
+        "/v1/sandboxes/{provider}/{id}",
+        sandbox_destroy,
+        "Destroy a sandbox.",
+        response=OBJECT,
+    )
+    add("POST", "/v1/shutdown", shutdown, "Stop the daemon (agents keep running).", response=OBJECT)
     if ctx is not None and ctx.feed is not None:
         from hal9999.server.sse import add_stream_routes
 

@@ -90,6 +90,7 @@ def error_class(code: str) -> type[HalError]:
 
 class DaemonClient:
     """Calls the daemon's API; errors come back as the :class:`HalError` they were."""
+
     timeout_s: float | None = None  # of each step of a blocking request, when set (hal status)
 
     token_file: str | None = None

@@ -246,7 +246,10 @@ class Daemon:
         """Wire the broker and hive events to this daemon; start the turn loop and vacuum."""
         s = self.hive_settings
         broker.limits = broker.BrokerLimits(
-            s.rate_per_minute, s.loop_messages, s.loop_window_s, s.unread_to_operator_chars,
+            s.rate_per_minute,
+            s.loop_messages,
+            s.loop_window_s,
+            s.unread_to_operator_chars,
             s.unread_to_agents_chars,
         )
         broker.set_waker(self.hive.wake)

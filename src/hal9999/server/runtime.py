@@ -307,9 +307,7 @@ def _holder(lock_file: str) -> int | None:
     for line in lines:
         # "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF": pid, then MAJ:MIN:INODE.
         fields = line.split()
-        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(
-            inode
-        ):
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(inode):
             return int(fields[4]) if fields[4].isdigit() else None
     info = _parse_info(os.path.join(os.path.dirname(lock_file), "serve.json"))[0]
     return info.pid if info is not None else None

@@ -70,10 +70,22 @@ def add_thread_routes(router: Router, daemon: Daemon) -> None:
         query=("all",), response=objs)  # fmt: skip
     add("GET", "/v1/hive/approvals/{id}", show_approval,
         "A proposal; for an apply, its commits and diff.", response=obj)  # fmt: skip
-    add("POST", "/v1/hive/approvals/{id}/approve", approve,
-        "Approve and carry out a proposal (the proposer is told).", body=reason, response=obj)
-    add("POST", "/v1/hive/approvals/{id}/deny", deny,
-        "Deny a proposal; the reason reaches the proposer.", body=reason, response=obj)
+    add(
+        "POST",
+        "/v1/hive/approvals/{id}/approve",
+        approve,
+        "Approve and carry out a proposal (the proposer is told).",
+        body=reason,
+        response=obj,
+    )
+    add(
+        "POST",
+        "/v1/hive/approvals/{id}/deny",
+        deny,
+        "Deny a proposal; the reason reaches the proposer.",
+        body=reason,
+        response=obj,
+    )
     add("GET", "/v1/hive/questions", list_questions, "Unanswered questions (all: every one).",
         query=("all",), response=objs)  # fmt: skip
     add("POST", "/v1/hive/questions/{id}/answer", answer, "Answer a question as the operator.",

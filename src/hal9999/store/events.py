@@ -7,7 +7,6 @@ commit order: a reader that has seen ``gseq`` N from the index will only ever se
 numbers committed after it. That is what lets a consumer resume with "everything after N".
 """
 
-
 import functools
 import sqlite3
 from collections.abc import Iterable, Sequence

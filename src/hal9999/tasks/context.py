@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # a run loads them only when it has a gateway route or an MCP
     from hal9999.store import Store
     from hal9999.tasks.retry import Retry, RetryPolicy
 
+
 class AgentChannel(Protocol):
     """A hive agent's way to its MCP server from inside its sandbox (the hive's
     ``McpRoute``): a run binds it, connects it once the sandbox exists, and hands the agent
@@ -350,6 +351,6 @@ def offline_warning(config: HalConfig, agent: Agent) -> str:
             f"{key_env}=...{login}"
         )
     return (
-        f'agent {agent.name} calls an LLM API but the sandbox has no network (network = '
+        f"agent {agent.name} calls an LLM API but the sandbox has no network (network = "
         '"none"): set network = "host" in hal.toml or HAL_NETWORK=host'
     )

@@ -104,7 +104,6 @@ class RunEnding:
             text = f"credential files left in the session (not regular files): {', '.join(left)}"
             ctx.events.emit(Message(level="warning", text=text))
 
-
     async def release(self, provider: Provider, sandbox: Sandbox, *, reuse: bool = True) -> None:
         """Give the sandbox back to where it came from (the pool, which keeps it for reuse
         only when ``reuse``), else destroy it."""
@@ -228,5 +227,3 @@ def pay_owed(ctx: RunContext) -> None:
     owed, ctx.owed = ctx.owed, []
     for write in owed:
         write()
-
-

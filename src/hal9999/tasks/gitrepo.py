@@ -8,7 +8,6 @@ configuration (:mod:`hal9999.tasks.bringback`). Before that, hal reads the sourc
 the fresh checkout's ``.git`` itself where it can (:mod:`hal9999.tasks.gitdir`).
 """
 
-
 import asyncio
 import errno
 import functools

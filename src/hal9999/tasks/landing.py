@@ -2,7 +2,6 @@
 the branch moves only from where hal last left it (compare-and-set, remembered in the
 session), so a branch the user changed is kept and the result lands on ``hal/<id>-<n>``."""
 
-
 import asyncio
 import json
 from collections.abc import Callable

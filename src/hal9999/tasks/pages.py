@@ -40,6 +40,7 @@ class Served(Protocol):
         """The tasks' store."""
         ...
 
+
 PAGE = 1000
 """Events per answer at most; the caller asks again from where the page ends."""
 MAX_WAIT_S = 60.0

@@ -120,9 +120,7 @@ ConfigObject = Annotated[
 class RunRequest(BaseModel):
     """A run request, every field of the right type and value before it is used."""
 
-    model_config = ConfigDict(
-        extra="ignore", strict=True, defer_build=True, populate_by_name=True
-    )
+    model_config = ConfigDict(extra="ignore", strict=True, defer_build=True, populate_by_name=True)
 
     prompt: str = ""
     """The prompt (checked for emptiness by the task service, which says how to give one)."""

@@ -174,9 +174,7 @@ class TaskRunner:
             return await self.ending.finish(
                 ctx, TaskStatus.SUCCEEDED, started, exit_code, files=files
             )
-        missing = missing_program(
-            agent, task.provider, exit_code, ctx.session.log, ctx.log_start
-        )
+        missing = missing_program(agent, task.provider, exit_code, ctx.session.log, ctx.log_start)
         if missing is not None:
             return await self.ending.finish(
                 ctx, TaskStatus.FAILED, started, exit_code, error=missing, files=files

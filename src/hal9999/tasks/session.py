@@ -13,7 +13,6 @@
       result.bundle  the branch as a git bundle (for URL sources)
 """
 
-
 from pathlib import Path
 from typing import NamedTuple
 

@@ -90,7 +90,7 @@ def _boundary() -> list[Check]:
                 "network host",
                 False,
                 f"unavailable: {exc.message}",
-                f"{exc.hint}; or [providers.bwrap] host_network = \"shared\", which exposes "
+                f'{exc.hint}; or [providers.bwrap] host_network = "shared", which exposes '
                 "every service on the host's loopback and its abstract unix sockets",
                 required=False,
             )

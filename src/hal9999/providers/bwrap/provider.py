@@ -10,7 +10,6 @@ the cgroup and execs bwrap, so the per-command cost is bwrap's. The options each
 bwrap gets are built in :mod:`.args`.
 """
 
-
 import asyncio
 import contextlib
 import hashlib

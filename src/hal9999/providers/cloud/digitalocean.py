@@ -69,8 +69,10 @@ class DigitalOceanProvider(CloudHostProvider[DigitalOceanApi, DigitalOceanConfig
     api_class = DigitalOceanApi
     env_prefix = "HAL_DO"
     token_vars = ("HAL_DO_TOKEN", "DIGITALOCEAN_TOKEN")
-    token_missing = ("no DigitalOcean API token",
-                     "export HAL_DO_TOKEN (or DIGITALOCEAN_TOKEN) with a token of droplet scope")
+    token_missing = (
+        "no DigitalOcean API token",
+        "export HAL_DO_TOKEN (or DIGITALOCEAN_TOKEN) with a token of droplet scope",
+    )
 
     def __init__(self, *, state_dir: Path, config: DigitalOceanConfig | None = None) -> None:
         super().__init__(state_dir=state_dir, cloud=config or DigitalOceanConfig())

@@ -117,4 +117,3 @@ class DigitalOceanApi(VendorApi):
     async def delete_tagged(self, tag: str) -> None:
         """``DELETE /v2/droplets?tag_name=T``: every droplet with the tag goes."""
         await self.api.request("DELETE", "/v2/droplets", params={"tag_name": tag})
-

@@ -183,4 +183,3 @@ class MorphApi(VendorApi):
         """Set (or renew) an instance's TTL."""
         await self.api.request("POST", f"/instance/{instance_id}/ttl",
                                json={"ttl_seconds": seconds, "ttl_action": action})  # fmt: skip
-

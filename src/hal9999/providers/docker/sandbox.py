@@ -155,8 +155,12 @@ class DockerSandbox(SandboxHandle):
     async def _sh(self, script: str, *args: str, stdin: bytes | None = None,
                   stdout_limit: int = STDOUT_LIMIT) -> ExecResult:  # fmt: skip
         code, out, err = await self._exec.run(
-            ["sh", "-c", script, "hal", *args], env={"HAL_SANDBOX": self._id}, cwd="/",
-            stdin=stdin, timeout=120, stdout_limit=stdout_limit,
+            ["sh", "-c", script, "hal", *args],
+            env={"HAL_SANDBOX": self._id},
+            cwd="/",
+            stdin=stdin,
+            timeout=120,
+            stdout_limit=stdout_limit,
         )
         return ExecResult(code, out, err)
 

@@ -10,7 +10,6 @@ Nothing here moves the calling process: a launcher writes itself into
 inside the group and cannot leave it without privilege.
 """
 
-
 import asyncio
 import contextlib
 import errno

@@ -11,7 +11,6 @@ fd, ``O_NOFOLLOW`` at every step, regular files only. A link swapped in between 
 here and the use there makes the operation fail; it is never followed.
 """
 
-
 import os
 import posixpath
 import stat

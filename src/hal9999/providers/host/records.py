@@ -121,7 +121,7 @@ def check_spec(name: str, capabilities: Capabilities, spec: SandboxSpec) -> None
             f"provider {name!r} cannot give network mode {spec.network!r}",
             hint=(
                 f"{name!r} cannot cut the network off; to run on it with the host's network "
-                f"set HAL_{name.upper()}_NETWORK=host (or network = \"host\" in [pool.{name}]), "
+                f'set HAL_{name.upper()}_NETWORK=host (or network = "host" in [pool.{name}]), '
                 "or pick a provider that isolates, such as bwrap"
             )
             if spec.network == "none"

@@ -133,8 +133,9 @@ class KubeApi:
         meta: dict[str, Any] = {"labels": labels}
         if resource_version is not None:
             meta["resourceVersion"] = resource_version
-        answer = await self.api.request("PATCH", f"{self._pods()}/{name}",
-                                        json={"metadata": meta}, content_type=MERGE_PATCH)
+        answer = await self.api.request(
+            "PATCH", f"{self._pods()}/{name}", json={"metadata": meta}, content_type=MERGE_PATCH
+        )
         return _parse(Pod, answer.body, "patch pod")  # fmt: skip
 
     async def delete_pod(self, name: str, *, grace_s: int = 0) -> None:

@@ -173,8 +173,9 @@ def _from_kubeconfig(path: Path, context: str | None, server: str | None) -> Clu
     try:
         import yaml
     except ImportError as exc:
-        raise ProviderUnavailable("reading a kubeconfig needs PyYAML",
-                                  hint="pip install 'hal9999[kubernetes]'") from exc
+        raise ProviderUnavailable(
+            "reading a kubeconfig needs PyYAML", hint="pip install 'hal9999[kubernetes]'"
+        ) from exc
 
     try:
         doc = yaml.safe_load(path.read_text())
@@ -238,9 +239,11 @@ def _tls(cluster: dict[str, Any], user: dict[str, Any], base: Path) -> ssl.SSLCo
             try:
                 context.load_cert_chain(cert_file, key_file)
             except ssl.SSLError as exc:
-                raise ConfigError(f"kubeconfig {base}: the user's client-certificate and "
-                                  f"client-key do not load ({exc})",
-                                  hint="check the file (kubectl config view --raw)") from exc
+                raise ConfigError(
+                    f"kubeconfig {base}: the user's client-certificate and "
+                    f"client-key do not load ({exc})",
+                    hint="check the file (kubectl config view --raw)",
+                ) from exc
     return context
 
 

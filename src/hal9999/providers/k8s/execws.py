@@ -80,8 +80,10 @@ async def stream(
     except InvalidStatus as exc:
         raise _handshake_error(exc.response.status_code, pod) from exc
     except (InvalidHandshake, OSError, TimeoutError) as exc:
-        raise CloudServerError(f"cannot open an exec stream to pod {pod}: {exc}",
-                               hint="check the API server's address and the network") from exc
+        raise CloudServerError(
+            f"cannot open an exec stream to pod {pod}: {exc}",
+            hint="check the API server's address and the network",
+        ) from exc
     sender: asyncio.Task[None] | None = None
     try:
         if stdin is not None:
@@ -105,8 +107,10 @@ async def stream(
         raise ExecError(f"the exec stream to pod {pod} ended without an exit status",
                         hint="the pod may have been deleted or its node lost")  # fmt: skip
     except WebSocketException as exc:
-        raise ExecError(f"the exec stream to pod {pod} broke: {exc}",
-                        hint="the pod may have been deleted or its node lost") from exc
+        raise ExecError(
+            f"the exec stream to pod {pod} broke: {exc}",
+            hint="the pod may have been deleted or its node lost",
+        ) from exc
     finally:
         if sender is not None:
             sender.cancel()

@@ -108,8 +108,10 @@ class KubernetesProvider:
     def _image(self, spec: SandboxSpec) -> str:
         image = spec.image or self.config.image
         if not image:
-            raise ConfigError("the kubernetes provider needs an image",
-                              hint="set HAL_K8S_IMAGE or image in [providers.kubernetes]")
+            raise ConfigError(
+                "the kubernetes provider needs an image",
+                hint="set HAL_K8S_IMAGE or image in [providers.kubernetes]",
+            )
         return image  # fmt: skip
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -117,8 +119,10 @@ class KubernetesProvider:
         """Claim a warm pod or make one, wait until it is ready, push the session in."""
         check_spec(self.name, dataclasses.replace(self.capabilities, resource_limits=True), spec)
         if spec.resources.pids:
-            raise CapabilityError("a pod cannot be given its own process limit",
-                                  hint="leave pids unset (the node's pid limit applies)")
+            raise CapabilityError(
+                "a pod cannot be given its own process limit",
+                hint="leave pids unset (the node's pid limit applies)",
+            )
         image = self._image(spec)
         api = self._api()
         try:
@@ -138,8 +142,10 @@ class KubernetesProvider:
             dirs = [m.remote for m in record.mounts]
             made = await sandbox.run_raw(["mkdir", "-p", "-m", "700", "--", *dirs])
             if not made.ok:
-                raise ProviderError(f"cannot make the sandbox's directories in {record.pod}: "
-                                    f"{made.stderr.decode('utf-8', 'replace')[-300:]}")
+                raise ProviderError(
+                    f"cannot make the sandbox's directories in {record.pod}: "
+                    f"{made.stderr.decode('utf-8', 'replace')[-300:]}"
+                )
             await sandbox.push()
         except BaseException:
             await asyncio.shield(self.destroy(sandbox_id))
@@ -173,14 +179,18 @@ class KubernetesProvider:
             try:
                 pod = await api.get_pod(name)
             except CloudNotFound:
-                raise ProviderError(f"pod {name} disappeared while it started",
-                                    hint="check the namespace's events; try again") from None
+                raise ProviderError(
+                    f"pod {name} disappeared while it started",
+                    hint="check the namespace's events; try again",
+                ) from None
             if pod.ready():
                 return pod
             if pod.status.phase in ("Failed", "Succeeded"):
-                raise ProviderError(f"pod {name} ended ({pod.status.phase}: "
-                                    f"{pod.status.reason or pod.status.message or 'no reason'})",
-                                    hint="check the image (kubectl describe pod)")
+                raise ProviderError(
+                    f"pod {name} ended ({pod.status.phase}: "
+                    f"{pod.status.reason or pod.status.message or 'no reason'})",
+                    hint="check the image (kubectl describe pod)",
+                )
             if time.monotonic() > deadline:
                 raise ProviderError(
                     f"pod {name} is still {pod.status.phase} after "
@@ -236,8 +246,11 @@ class KubernetesProvider:
         try:
             for pod in await api.list_pods({OWNER: self.owner_id(), CLAIM: "free"}):
                 try:
-                    await api.patch_labels(pod.metadata.name, {CLAIM: "draining"},
-                                           resource_version=pod.metadata.resource_version)
+                    await api.patch_labels(
+                        pod.metadata.name,
+                        {CLAIM: "draining"},
+                        resource_version=pod.metadata.resource_version,
+                    )
                 except CloudApiError as exc:
                     if is_conflict(exc) or isinstance(exc, CloudNotFound):
                         continue
@@ -342,10 +355,16 @@ class KubernetesProvider:
         try:
             pods = await api.list_pods({OWNER: self.owner_id()})
             live = {p.metadata.labels.get(SANDBOX, "") for p in pods} - {""}
-            warm = {p.metadata.labels[SANDBOX] for p in pods
-                    if p.metadata.labels.get(CLAIM) == "free" and SANDBOX in p.metadata.labels}
-            young = {p.metadata.labels.get(SANDBOX, "") for p in pods
-                     if now - _int(p.metadata.labels.get(TAKEN_AT)) < self._create_window_s()}
+            warm = {
+                p.metadata.labels[SANDBOX]
+                for p in pods
+                if p.metadata.labels.get(CLAIM) == "free" and SANDBOX in p.metadata.labels
+            }
+            young = {
+                p.metadata.labels.get(SANDBOX, "")
+                for p in pods
+                if now - _int(p.metadata.labels.get(TAKEN_AT)) < self._create_window_s()
+            }
             known = {record.id for record in self.records.all()}
             reserved = await self.ledger.open_since()
             creating = {sid for sid, at in reserved.items()

@@ -290,8 +290,10 @@ class SocketChannel:
             ready.cancel()
         if not mux.ready.is_set():
             why = self._stderr.decode("utf-8", "replace").strip() or "no answer"
-            self._say(f"the hal host's sockets (the LLM gateway) do not answer in the pod "
-                      f"({why}); its image needs python3 or perl; the agent runs without them")
+            self._say(
+                f"the hal host's sockets (the LLM gateway) do not answer in the pod "
+                f"({why}); its image needs python3 or perl; the agent runs without them"
+            )
 
     async def _serve(self, mux: HostMux, argv: list[str]) -> None:
         try:

@@ -30,8 +30,9 @@ MAX_CONNECTIONS = 64
 class Conn:
     """One accepted connection."""
 
-    def __init__(self, cid: int, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, cid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         self.id, self.reader, self.writer = cid, reader, writer
         self.credit = WINDOW
         self.more = asyncio.Event()
@@ -50,8 +51,9 @@ class Mux:
     def send(self, kind: int, cid: int, payload: bytes = b"") -> None:
         self.out.write(HEAD.pack(kind, cid, len(payload)) + payload)
 
-    async def accepted(self, index: int, reader: asyncio.StreamReader,
-                       writer: asyncio.StreamWriter) -> None:
+    async def accepted(
+        self, index: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         if len(self.conns) >= MAX_CONNECTIONS:
             writer.close()
             return
@@ -60,8 +62,10 @@ class Mux:
         conn = Conn(cid, reader, writer)
         self.conns[cid] = conn
         self.send(OPEN, cid, bytes([index]))
-        conn.tasks = [asyncio.ensure_future(self.upload(conn)),
-                      asyncio.ensure_future(self.download(conn))]
+        conn.tasks = [
+            asyncio.ensure_future(self.upload(conn)),
+            asyncio.ensure_future(self.download(conn)),
+        ]
         ends = await asyncio.gather(*conn.tasks, return_exceptions=True)
         # Both ways ended with EOF: the host ends its side by itself. Anything else: CLOSE.
         if self.conns.pop(cid, None) is not None and any(ends):
@@ -119,11 +123,11 @@ def _handler(mux: Mux, index: int):  # type: ignore[no-untyped-def]
 async def main(paths: list[str]) -> None:
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", 0))
+        asyncio.streams.FlowControlMixin, os.fdopen(1, "wb", 0)
+    )
     out = asyncio.StreamWriter(transport, protocol, None, loop)
     stdin = asyncio.StreamReader(limit=MAX_PAYLOAD * 2)
-    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin),
-                                 os.fdopen(0, "rb", 0))
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), os.fdopen(0, "rb", 0))
     mux = Mux(out)
     servers = []
     for index, path in enumerate(paths):

@@ -26,8 +26,9 @@ from hal9999.providers.remote.stdin import feed_stdin
 def _arguments(argv: list[str]) -> argparse.Namespace:
     parser = relaycore.arguments("hal-ray-relay")
     parser.add_argument("--config", required=True, help="[providers.ray] settings as JSON")
-    parser.add_argument("--stdin", action="store_true",
-                        help="our stdin goes to the command (an attached shell)")
+    parser.add_argument(
+        "--stdin", action="store_true", help="our stdin goes to the command (an attached shell)"
+    )
     return parser.parse_args(argv)
 
 

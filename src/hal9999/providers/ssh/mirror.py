@@ -42,7 +42,7 @@ PUSH = (
     # listener is the inode, so it keeps answering at the same path. Only those: any other
     # (an earlier task's agent's, in a pooled sandbox) stays behind with the old tree.
     'for n in "$@"; do s=$d.old/$n; if [ -S "$s" ] && [ ! -L "$s" ]; then mv -f -- "$s" "$d/"; '
-    'fi; done 2>/dev/null; '
+    "fi; done 2>/dev/null; "
     # What the agent left unreadable (a 000 directory) must not stop the swap's cleanup.
     'chmod -R u+rwX -- "$d.old" 2>/dev/null || :; rm -rf -- "$d.old"'
 )
