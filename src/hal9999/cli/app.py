@@ -396,17 +396,18 @@ def offline_notice(config: HalConfig, agent_name: str, provider: str) -> str | N
 
 
 def output_callbacks(
-    agent: str, *, raw: bool, quiet: bool
+    agent: str, *, raw: bool, quiet: bool, said: str | None = None
 ) -> tuple[Callable[[str], None] | None, Callable[[Any], None] | None]:
     """How a foreground run shows the agent: nothing (``--json``), its raw output (``--raw``,
     or when stdout is not a terminal), else events rendered for a person; and, each way,
-    hal's notes on stderr (:mod:`hal9999.cli.runnotes`)."""
+    hal's notes on stderr (:mod:`hal9999.cli.runnotes`) but ``said``, printed already."""
     from hal9999.cli.runnotes import with_notes
 
     if quiet:
-        return None, with_notes(None)
+        return None, with_notes(None, said=said)
     if raw or not sys.stdout.isatty():
-        return stream_to_terminal, with_notes(None)
+        return stream_to_terminal, with_notes(None, said=said)
     from hal9999.cli.output import EventRenderer, shows_raw_output
 
-    return None, with_notes(EventRenderer(sys.stdout, show_output=shows_raw_output(agent)))
+    renderer = EventRenderer(sys.stdout, show_output=shows_raw_output(agent))
+    return None, with_notes(renderer, said=said)

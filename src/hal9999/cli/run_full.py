@@ -105,7 +105,9 @@ def _in_process(environ: Mapping[str, str]) -> bool:
     return found is not None and find_running(str(found[0]["home"])) is None
 
 
-def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, dict[str, Any], TaskAPI]:
+def _prepare(
+    args: RunArgs, pending: Uncommitted
+) -> tuple[App, dict[str, Any], TaskAPI, str | None]:
     """The config, the store, the request and the task API of a run, its notices printed."""
     from hal9999.cli.notices import print_notices
     from hal9999.config import working_dir
@@ -134,12 +136,12 @@ def _prepare(args: RunArgs, pending: Uncommitted) -> tuple[App, dict[str, Any], 
     notice = offline_notice(a.config, request["agent"], request["provider"])
     if notice is not None and not args.as_json and not args.as_events:
         echo(f"hal: warning: {notice}", err=True)
-    return a, request, a.tasks()
+    return a, request, a.tasks(), notice
 
 
 def _full_run(args: RunArgs, pending: Uncommitted) -> None:
     with collector_paused():
-        a, request, api = _prepare(args, pending)
+        a, request, api, notice = _prepare(args, pending)
     if args.detach:
         task = run_async(api.create(request))
         print_detached(task, args.as_json)
@@ -172,7 +174,9 @@ def _full_run(args: RunArgs, pending: Uncommitted) -> None:
             echo(line, err=True)
         sys.exit(status)
 
-    on_output, on_event = output_callbacks(request["agent"], raw=args.raw, quiet=args.as_json)
+    on_output, on_event = output_callbacks(
+        request["agent"], raw=args.raw, quiet=args.as_json, said=notice
+    )
     finish_run(
         a,
         started,

@@ -108,16 +108,18 @@ def note_line(event: Event | Mapping[str, Any]) -> str | None:
 
 
 def with_notes(
-    on_event: Callable[[Any], None] | None,
+    on_event: Callable[[Any], None] | None, *, said: str | None = None
 ) -> Callable[[Any], None]:
     """``on_event`` that prints hal's notes (:data:`HAL_NOTES`) to stderr as one line each
-    and hands every other event on (to nothing when ``on_event`` is None)."""
+    and hands every other event on (to nothing when ``on_event`` is None). ``said``: a
+    warning the command printed before the run (the offline notice), which the run records
+    too and is not printed twice."""
     from hal9999.cli.echo import echo
 
     def shown(event: Any) -> None:
         if _field(event, "type") in HAL_NOTES:
             line = note_line(event)
-            if line is not None:
+            if line is not None and not (said is not None and _field(event, "text") == said):
                 echo(line, err=True)
             return
         if on_event is not None:

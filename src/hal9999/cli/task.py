@@ -260,7 +260,7 @@ def resume(
         if record.status == TaskStatus.RUNNING and not as_json:
             click.echo(f"hal: task {record.id}: its agent is still running; following it", err=True)
 
-    on_output, on_event = output_callbacks(found.agent, raw=False, quiet=as_json)
+    on_output, on_event = output_callbacks(found.agent, raw=False, quiet=as_json, said=notice)
     finish_run(
         a,
         started,
