@@ -17,7 +17,7 @@ import pytest
 from tests.support.process import _reads, servers, spec_for, wait_exit
 from tests.support.tasks import git_repo, pooled_service, trivial_request
 
-from hal9999.errors import RepoError
+from hal9999.errors import ProcessError, RepoError
 from hal9999.process import tmux as tmux_module
 from hal9999.process.base import never_started
 from hal9999.process.launch import SUPERVISOR, supervised
@@ -91,6 +91,26 @@ async def test_a_run_stopped_before_its_start_runs_nothing_and_leaves_no_server(
     await TmuxProcessManager().stop(spec)
     assert await gone(socket)
     assert not marker.exists() and not spec.exit_path.exists()
+
+
+@pytest.mark.tmux
+async def test_a_run_another_process_stopped_before_its_start_is_not_opened_again(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # `hal task cancel` in another process kills the prestarted session; the starter's
+    # start must not open a new one (it ran the agent of a cancelled task, which the
+    # cancel's stop then waited for).
+    manager = TmuxProcessManager()
+    spec, marker = marking(tmp_path)
+    await manager.prestart(sandbox, spec)
+    socket = manager.socket(spec)
+    await TmuxProcessManager().stop(spec)
+    assert await gone(socket)
+    with pytest.raises(ProcessError, match="ended before the run's start"):
+        await manager.start(sandbox, spec)
+    await asyncio.sleep(0.5)  # a supervisor opened anyway would have run its command by now
+    assert not servers(socket) and not marker.exists() and not spec.exit_path.exists()
+    assert manager._early == {} and manager._go == {}
 
 
 @pytest.mark.tmux

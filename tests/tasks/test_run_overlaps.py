@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,44 @@ async def test_the_tmux_session_opens_while_preparing_is_written(
     store.close()
     assert seen == [True]
     assert done.status == "succeeded", done.error_message
+
+
+@pytest.mark.bwrap
+@pytest.mark.tmux
+@pytest.mark.parametrize("manager", ["tmux", "direct"])
+async def test_a_cancel_between_running_and_the_start_starts_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, manager: str
+) -> None:
+    # The daemon answers a cancel while the same task's run is between its `running` and its
+    # agent's start: the cancel's stop finds no process yet, so the start that followed ran
+    # the agent of a cancelled task (and a cancel whose stop saw its supervisor waited for
+    # the agent's end). Pinned by the order of the steps: the cancel ends before the start.
+    from hal9999.tasks.recorder import RunRecorder
+    from hal9999.tasks.state import TaskStatus
+
+    repo = git_repo(tmp_path / "repo")
+    store, service, _, _ = pooled_service(tmp_path / "home", "bwrap")
+    real_transition = RunRecorder.transition
+    cancelled: list[str] = []
+
+    async def transition(
+        self: RunRecorder, ctx: Any, target: TaskStatus, *a: Any, **kw: Any
+    ) -> Any:
+        done = await real_transition(self, ctx, target, *a, **kw)
+        if target is TaskStatus.RUNNING:
+            cancelled.append((await service.cancel(ctx.task.id)).status)
+        return done
+
+    monkeypatch.setattr(RunRecorder, "transition", transition)
+    request = trivial_request(repo).model_copy(
+        update={"agent": "sleep 60 {{prompt_file}}", "process_manager": manager}
+    )
+    task = await service.create(request)
+    started = time.monotonic()
+    done = await asyncio.wait_for(service.run(task.id), 50)
+    store.close()
+    assert cancelled == ["cancelled"]
+    assert done.status == "cancelled", done.error_message
+    assert time.monotonic() - started < 40, "the run waited for an agent that should not run"
+    exit_file = Session(Path(task.session_dir)).exit_file(0)
+    assert not exit_file.exists(), "a supervisor started the agent after the cancel"

@@ -365,6 +365,15 @@ class TmuxProcessManager:
                 self._refill()
                 return
             os.close(go)  # another run's pane, or one already gone: not this run's
+            if pane is not None and not alive:
+                # Ended before its start: killed by a stop from another process (or its
+                # server died). A pane opened anew here would run the agent of a run that
+                # was stopped, while that stop waits for it to end.
+                await self.stop(spec)  # its link, FIFOs and entries
+                raise ProcessError(
+                    f"the tmux session opened for {spec.name} ended before the run's start "
+                    "(stopped, or its tmux server died)"
+                )
         await self.stop(spec)
         await self._open(spec, supervised(sandbox, spec, env, restarts=True))
         self._refill()

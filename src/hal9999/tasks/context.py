@@ -135,6 +135,10 @@ class RunContext:
     totals: Totals
     detached: bool
     """Set when a daemon shuts down: leave the agent and its sandbox for the next to adopt."""
+    halted: bool
+    """Set when this process stops or cancels the task while its run is here: a run between
+    its ``running`` and its agent's start then starts nothing (the halt's own stop may have
+    found no process yet to end)."""
     adopted: Adopted | None
     """Set when carrying on a run whose agent outlived its runner."""
     retry: RetryPolicy | None
@@ -208,6 +212,7 @@ class RunContext:
         self.log_start = log_start
         self.totals = Totals() if totals is None else totals
         self.detached = detached
+        self.halted = False
         self.adopted = adopted
         self.retry = retry
         self.retried = retried

@@ -27,6 +27,7 @@ from hal9999.tasks import collect, gitrepo, indexstat, mirror
 from hal9999.tasks.context import (
     ChannelFinder,
     RunContext,
+    Superseded,
     borrows_objects,
     mounts_objects,
     offline_warning,
@@ -176,7 +177,15 @@ class AgentLauncher:
             raise
         ctx.pspec = pspec
         ctx.log_start = file_size(ctx.session.log)
+        # A halt here since `running` (its stop may have come before any process it could
+        # end) starts nothing; one during the start's own waits ends what the start began,
+        # or a start after the halt's stop left an agent running for a cancelled task.
+        if ctx.halted:
+            await self._launch_failed(manager, None, early, pspec)
+            raise Superseded((await asyncio.to_thread(self.store.get_task, task.id)).status)
         await manager.start(sandbox, ctx.pspec, env=secrets)
+        if ctx.halted:
+            await manager.stop(ctx.pspec)
         return offline
 
     def exec_env(self, ctx: RunContext, launch: AgentLaunch) -> tuple[AgentLaunch, dict[str, str]]:

@@ -395,6 +395,8 @@ class TaskService(TaskSecrets):
             # every sandbox record for its label (a queued task's cancel took ~0.5 s of it).
             # The move wrote only the status and finished_at, which never_ran does not read.
             killed = not never_ran(halted.model_copy(update={"status": previous}))
+            if (ctx := self.contexts.get(task.id)) is not None:
+                ctx.halted = True  # before the kill's first wait: see AgentLauncher.launch
             if killed:
                 await self.kill(task)
             if killed and previous == TaskStatus.COLLECTING:
