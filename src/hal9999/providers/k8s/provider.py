@@ -350,7 +350,6 @@ class KubernetesProvider:
         is gone, end spend records of neither; return the sandbox ids acted on. Free warm
         pods and pods a create is still starting are left be."""
         api = self._api()
-        acted: builtins.list[str] = []
         now = time.time()
         try:
             pods = await api.list_pods({OWNER: self.owner_id()})
@@ -365,28 +364,18 @@ class KubernetesProvider:
                 for p in pods
                 if now - _int(p.metadata.labels.get(TAKEN_AT)) < self._create_window_s()
             }
-            known = {record.id for record in self.records.all()}
-            reserved = await self.ledger.open_since()
-            creating = {sid for sid, at in reserved.items()
-                        if now - at < self._create_window_s()}  # fmt: skip
-            for sandbox_id in sorted(live - known - warm - young - creating):
-                logger.warning("deleting orphan pod of sandbox %s", sandbox_id)
-                await self._delete(api, sandbox_id)
-                acted.append(sandbox_id)
-            for sandbox_id in sorted(known - live):
-                with contextlib.suppress(SandboxNotFound):
-                    if now - self.records.load(sandbox_id).created_at < GRACE_S:
-                        continue
-                    logger.warning("pod of sandbox %s is gone; forgetting it", sandbox_id)
-                    self.records.delete(sandbox_id)
-                await self.ledger.end(sandbox_id)
-                acted.append(sandbox_id)
-            for sandbox_id in reserved:
-                if sandbox_id not in live | known | creating:
-                    await self.ledger.end(sandbox_id)
+            return await self.ledger.reconcile(
+                self.records,
+                live=live,
+                spared=warm | young,
+                now=now,
+                create_window_s=self._create_window_s(),
+                grace_s=GRACE_S,
+                machine="pod",
+                delete=lambda sandbox_id: self._delete(api, sandbox_id),
+            )
         finally:
             await api.aclose()
-        return acted  # fmt: skip
 
 
 def _int(value: str | None) -> float:
