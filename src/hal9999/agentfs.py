@@ -61,6 +61,18 @@ _MODES: tuple[tuple[Callable[[int], bool], Kind, str], ...] = (
 """Each kind of inode: its :data:`Kind` and what a refusal calls it."""
 
 
+def _open_dir(fd: int, name: str, create: bool, mode: int, shown: str) -> int:
+    """An fd of the directory ``name`` in ``fd`` (made first with ``create``), opened
+    without following a link; ``shown`` names it in the error."""
+    try:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, mode, dir_fd=fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        raise _error("open", shown, exc) from exc
+
+
 def _kind_of(mode: int) -> tuple[Kind, str]:
     for test, kind, described in _MODES:
         if test(mode):
@@ -113,13 +125,7 @@ class AgentDir:
         fd = os.dup(self.fd)
         try:
             for part in parts[:-1]:
-                try:
-                    if create:
-                        with contextlib.suppress(FileExistsError):
-                            os.mkdir(part, mode, dir_fd=fd)
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    raise _error("open", self.name(relative), exc) from exc
+                child = _open_dir(fd, part, create, mode, self.name(relative))
                 os.close(fd)
                 fd = child
             yield fd, parts[-1]
@@ -129,13 +135,7 @@ class AgentDir:
     def subdir(self, relative: str, *, create: bool = False, mode: int = 0o700) -> AgentDir:
         """Open a directory below this one (created with ``create``); links are refused."""
         with self._parent(relative, create=create, mode=mode) as (fd, name):
-            try:
-                if create:
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, mode, dir_fd=fd)
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                raise _error("open", self.name(relative), exc) from exc
+            child = _open_dir(fd, name, create, mode, self.name(relative))
         return AgentDir(child, self.name(relative))
 
     def kind(self, relative: str) -> Kind | None:
