@@ -33,6 +33,7 @@ from hal9999.hive.threads import (
     approval_of,
     check_participant,
     check_text,
+    due_rows,
     find_row,
     new_id,
     notice,
@@ -410,11 +411,7 @@ def withdraw_all(store: Store, proposer: str, *, spare: str | None = None) -> in
 def expire_due(store: Store, now: float | None = None) -> list[Approval]:
     """Expire every pending proposal whose time is up; returns them."""
     now = time.time() if now is None else now
-    rows = store._query(
-        "SELECT * FROM hive_approvals WHERE state = 'pending' AND expires IS NOT NULL"
-        " AND expires <= ? ORDER BY expires",
-        (now,),
-    )
+    rows = due_rows(store, "hive_approvals", "pending", now)
     expired: list[Approval] = []
     for row in rows:
         try:

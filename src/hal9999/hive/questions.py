@@ -26,6 +26,7 @@ from hal9999.hive.threads import (
     agent_or_none,
     check_participant,
     check_text,
+    due_rows,
     find_row,
     new_id,
     notice,
@@ -229,9 +230,5 @@ def close_all(store: Store, agent: str) -> int:
 def expire_due(store: Store, now: float | None = None) -> list[Question]:
     """Answer every open question whose time is up with the sentinel; returns them."""
     now = time.time() if now is None else now
-    rows = store._query(
-        "SELECT * FROM hive_questions WHERE state = 'open' AND expires IS NOT NULL"
-        " AND expires <= ? ORDER BY expires",
-        (now,),
-    )
+    rows = due_rows(store, "hive_questions", "open", now)
     return [question for question in map(question_of, rows) if _expire(store, question)]

@@ -305,6 +305,18 @@ def close_for_removed(store: Store, agent: str, *, spare: str | None = None) -> 
     return closed + reminders.drop_all(store, agent)
 
 
+def due_rows(
+    store: Store, table: Literal["hive_questions", "hive_approvals"], state: str, now: float
+) -> list[sqlite3.Row]:
+    """The rows of ``table`` still in ``state`` whose expiry is at or before ``now``, soonest
+    first."""
+    return store._query(
+        f"SELECT * FROM {table} WHERE state = ? AND expires IS NOT NULL"
+        " AND expires <= ? ORDER BY expires",
+        (state, now),
+    )
+
+
 def next_deadline(store: Store) -> float | None:
     """The earliest time something open falls due: a reminder, or a question's or
     proposal's expiry (None when nothing waits on the clock)."""
