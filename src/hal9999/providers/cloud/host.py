@@ -20,7 +20,6 @@ import builtins
 import contextlib
 import logging
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -99,7 +98,6 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
 
     ledger: SpendLedger
     _guard: SpendGuard | None = None
-    _owner_id: str | None = None
     machine = "machine"
     """How log lines and errors name one of the vendor's machines."""
     api_class: type[ApiT]
@@ -201,16 +199,7 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
     def owner_id(self) -> str:
         """This state directory's random owner id (its ``owner`` file, made once): only
         machines carrying it are ever reconciled, never another installation's."""
-        owner = self._owner_id
-        if owner is None:
-            path = self.records.root / "owner"
-            self.records.root.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_hex(6))
-            owner = self._owner_id = path.read_text().strip()
-        return owner
+        return self.records.owner_id()
 
     # -- creating -------------------------------------------------------------------------
 

@@ -19,7 +19,6 @@ import builtins
 import contextlib
 import dataclasses
 import logging
-import os
 import random
 import secrets
 import time
@@ -70,7 +69,6 @@ class KubernetesProvider:
         self.ledger = SpendLedger(self.name, state_dir, self.config)
         self._window = RateWindow()
         self._cluster: Cluster | None = None
-        self._owner: str | None = None
         # A RuntimeClass such as gVisor or Kata puts a kernel of its own under the pod.
         isolation: Literal["vm", "namespace"] = "vm" if self.config.runtime_class else "namespace"
         self.capabilities = dataclasses.replace(self.capabilities, isolation=isolation)
@@ -89,15 +87,7 @@ class KubernetesProvider:
     def owner_id(self) -> str:
         """This state directory's random owner id (made once): only pods carrying it are
         ever reconciled or claimed."""
-        if self._owner is None:
-            path = self.records.root / "owner"
-            self.records.root.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_hex(6))
-            self._owner = path.read_text().strip()
-        return self._owner
+        return self.records.owner_id()
 
     def _handle(self, record: KubeRecord) -> KubeSandbox:
         return KubeSandbox(record, self.records, self.cluster, self.destroy)
