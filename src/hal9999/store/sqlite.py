@@ -325,10 +325,15 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
 
     def get_task(self, task_id: str) -> TaskRecord:
         """The task with exactly this id."""
-        rows = self._query("SELECT * FROM tasks WHERE id = ?", (task_id,))
-        if not rows:
+        task = self.task_or_none(task_id)
+        if task is None:
             raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
-        return from_row(rows[0])
+        return task
+
+    def task_or_none(self, task_id: str) -> TaskRecord | None:
+        """The task with exactly this id, or None when there is none."""
+        rows = self._query("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        return from_row(rows[0]) if rows else None
 
     def task_status(self, task_id: str) -> str:
         """The status of the task with exactly this id (one column read, no record built)."""
