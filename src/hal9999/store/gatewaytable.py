@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from hal9999.store.table import Table
+from hal9999.store.table import Table, insert_sql
 
 if TYPE_CHECKING:
     from hal9999.store.gateway import GatewayRequest
@@ -30,22 +30,17 @@ class GatewayTable(Table):
 
     def add_gateway_request(self, row: GatewayRequest) -> int:
         """Record one call; returns its id."""
-        names = ", ".join(_columns())
-        values = ", ".join(f":{name}" for name in _columns())
         with self._write() as conn:
             cursor = conn.execute(
-                f"INSERT INTO gateway_requests ({names}) VALUES ({values})",
-                row.model_dump(exclude={"id"}),
+                insert_sql("gateway_requests", _columns()), row.model_dump(exclude={"id"})
             )
             return int(cursor.lastrowid or 0)
 
     def add_gateway_requests(self, rows: list[GatewayRequest]) -> None:
         """Record several calls in one transaction (the gateway's group commit)."""
-        names = ", ".join(_columns())
-        values = ", ".join(f":{name}" for name in _columns())
         with self._write() as conn:
             conn.executemany(
-                f"INSERT INTO gateway_requests ({names}) VALUES ({values})",
+                insert_sql("gateway_requests", _columns()),
                 [row.model_dump(exclude={"id"}) for row in rows],
             )
 

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from hal9999.store.table import Table
+from hal9999.store.table import Table, insert_sql
 
 if TYPE_CHECKING:
     from hal9999.store.sandboxrow import SandboxRow
@@ -37,11 +37,9 @@ class SandboxTable(Table):
 
     def put_sandboxes(self, rows: Sequence[SandboxRow]) -> None:
         """Insert or replace the records of some sandboxes, in order, in one transaction."""
-        names = ", ".join(_columns())
-        values = ", ".join(f":{name}" for name in _columns())
         with self._write() as conn:
             conn.executemany(
-                f"INSERT OR REPLACE INTO sandboxes ({names}) VALUES ({values})",
+                insert_sql("sandboxes", _columns(), replace=True),
                 [row.model_dump() for row in rows],
             )
 

@@ -37,6 +37,7 @@ from hal9999.store.rows import (
     with_runner_started,
 )
 from hal9999.store.sandboxes import SandboxTable
+from hal9999.store.table import insert_sql
 from hal9999.store.writelock import WriteBusy, writers_of
 
 BUSY_TIMEOUT_S = 5.0
@@ -314,12 +315,10 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
 
     def insert_task(self, record: TaskRecord) -> None:
         """Add a new task; its id must be unused."""
-        columns = ", ".join(TASK_COLUMNS)
-        values = ", ".join(f":{name}" for name in TASK_COLUMNS)
         try:
             with self._write() as conn:
                 row = {**to_row(record), **with_runner_started({"runner_pid": record.runner_pid})}
-                conn.execute(f"INSERT INTO tasks ({columns}) VALUES ({values})", row)
+                conn.execute(insert_sql("tasks", TASK_COLUMNS), row)
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"task {record.id} already exists") from exc
 

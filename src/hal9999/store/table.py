@@ -4,7 +4,7 @@ ways to the database, which :class:`~hal9999.store.sqlite.Store` gives."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -17,3 +17,11 @@ class Table:
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         raise NotImplementedError
+
+
+def insert_sql(table: str, columns: Sequence[str], *, replace: bool = False) -> str:
+    """``INSERT [OR REPLACE] INTO table (columns) VALUES (:column, ...)``: a row is bound by
+    its column names."""
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    values = ", ".join(f":{name}" for name in columns)
+    return f"{verb} INTO {table} ({', '.join(columns)}) VALUES ({values})"
