@@ -20,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -224,29 +225,22 @@ class EventBus:
             self._subscriptions.remove(subscription)
 
 
+@dataclass(eq=False)
 class IndexTail:
     """Brings events written by other processes to the bus: follows the store's index by
     ``gseq`` and reads each new event's body from its task's file."""
 
-    def __init__(
-        self,
-        store: Store,
-        bus: EventBus,
-        path_of: Callable[[str], Path | None],
-        *,
-        poll: float = 0.2,
-        patience: float = 5.0,
-    ) -> None:
-        self.store = store
-        self.bus = bus
-        self.path_of = path_of
-        """The events file of a task (None for a task that is gone)."""
-        self.poll = poll
-        self.patience = patience
-        """How long an indexed event may stay missing from its file before it is skipped
-        (its writer was killed between the index commit and the file write)."""
-        self.cursor = 0
-        self._missing_since: float | None = None
+    store: Store
+    bus: EventBus
+    path_of: Callable[[str], Path | None]
+    """The events file of a task (None for a task that is gone)."""
+    _: KW_ONLY
+    poll: float = 0.2
+    patience: float = 5.0
+    """How long an indexed event may stay missing from its file before it is skipped
+    (its writer was killed between the index commit and the file write)."""
+    cursor: int = field(default=0, init=False)
+    _missing_since: float | None = field(default=None, init=False, repr=False)
 
     async def run(self, *, start: int | None = None) -> None:
         """Follow the index forever, from ``start`` (default: what is there now)."""
