@@ -38,6 +38,7 @@ from hal9999.hive.threads import (
     new_id,
     notice,
     notify_deadline,
+    select_rows,
 )
 from hal9999.store import Store
 from hal9999.tasks.reviewdiff import review_text
@@ -200,13 +201,7 @@ def list_approvals(
     store: Store, *, state: str | None = "pending", limit: int = 200
 ) -> list[Approval]:
     """The latest ``limit`` proposals, oldest first; only those in ``state`` unless None."""
-    if state is None:
-        rows = store._query("SELECT * FROM hive_approvals ORDER BY created DESC LIMIT ?", (limit,))
-    else:
-        rows = store._query(
-            "SELECT * FROM hive_approvals WHERE state = ? ORDER BY created DESC LIMIT ?",
-            (state, limit),
-        )
+    rows = select_rows(store, "hive_approvals", {"state": state}, "created DESC", limit)
     return [approval_of(row) for row in reversed(rows)]
 
 

@@ -32,6 +32,7 @@ from hal9999.hive.threads import (
     notice,
     notify_deadline,
     question_of,
+    select_rows,
 )
 from hal9999.store import Store
 
@@ -125,13 +126,8 @@ def list_questions(
 ) -> list[Question]:
     """The latest ``limit`` questions, oldest first: to ``target`` only when given;
     unanswered only by default."""
-    sql, params = "SELECT * FROM hive_questions WHERE 1 = 1", []
-    if target is not None:
-        sql += " AND target = ?"
-        params.append(target)
-    if open_only:
-        sql += " AND state = 'open'"
-    rows = store._query(sql + " ORDER BY created DESC LIMIT ?", (*params, limit))
+    where = {"target": target, "state": "open" if open_only else None}
+    rows = select_rows(store, "hive_questions", where, "created DESC", limit)
     return [question_of(row) for row in reversed(rows)]
 
 
