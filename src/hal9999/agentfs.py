@@ -23,7 +23,7 @@ import errno
 import os
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Literal
@@ -49,28 +49,35 @@ def _parts(relative: str) -> list[str]:
     return parts
 
 
-def _describe(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symlink"
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a regular file"
+_MODES: tuple[tuple[Callable[[int], bool], Kind, str], ...] = (
+    (stat.S_ISREG, "file", "a regular file"),
+    (stat.S_ISDIR, "dir", "a directory"),
+    (stat.S_ISLNK, "symlink", "a symlink"),
+    (stat.S_ISFIFO, "other", "a FIFO"),
+    (stat.S_ISSOCK, "other", "a socket"),
+    (stat.S_ISCHR, "other", "a device"),
+    (stat.S_ISBLK, "other", "a device"),
+)
+"""Each kind of inode: its :data:`Kind` and what a refusal calls it."""
 
 
-def _kind(mode: int) -> Kind:
-    if stat.S_ISREG(mode):
-        return "file"
-    if stat.S_ISDIR(mode):
-        return "dir"
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "other"
+def _open_dir(fd: int, name: str, create: bool, mode: int, shown: str) -> int:
+    """An fd of the directory ``name`` in ``fd`` (made first with ``create``), opened
+    without following a link; ``shown`` names it in the error."""
+    try:
+        if create:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, mode, dir_fd=fd)
+        return os.open(name, _DIR_FLAGS, dir_fd=fd)
+    except OSError as exc:
+        raise _error("open", shown, exc) from exc
+
+
+def _kind_of(mode: int) -> tuple[Kind, str]:
+    for test, kind, described in _MODES:
+        if test(mode):
+            return kind, described
+    return "other", "not a regular file"
 
 
 class AgentDir:
@@ -118,13 +125,7 @@ class AgentDir:
         fd = os.dup(self.fd)
         try:
             for part in parts[:-1]:
-                try:
-                    if create:
-                        with contextlib.suppress(FileExistsError):
-                            os.mkdir(part, mode, dir_fd=fd)
-                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
-                except OSError as exc:
-                    raise _error("open", self.name(relative), exc) from exc
+                child = _open_dir(fd, part, create, mode, self.name(relative))
                 os.close(fd)
                 fd = child
             yield fd, parts[-1]
@@ -134,20 +135,14 @@ class AgentDir:
     def subdir(self, relative: str, *, create: bool = False, mode: int = 0o700) -> AgentDir:
         """Open a directory below this one (created with ``create``); links are refused."""
         with self._parent(relative, create=create, mode=mode) as (fd, name):
-            try:
-                if create:
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(name, mode, dir_fd=fd)
-                child = os.open(name, _DIR_FLAGS, dir_fd=fd)
-            except OSError as exc:
-                raise _error("open", self.name(relative), exc) from exc
+            child = _open_dir(fd, name, create, mode, self.name(relative))
         return AgentDir(child, self.name(relative))
 
     def kind(self, relative: str) -> Kind | None:
         """What is at ``relative`` without following it, or None when nothing is."""
         try:
             with self._parent(relative) as (fd, name):
-                return _kind(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)
+                return _kind_of(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode)[0]
         except UnsafePath as exc:
             if exc.details.get("errno") in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
                 return None
@@ -171,7 +166,7 @@ class AgentDir:
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
-                raise UnsafePath(f"refusing to read {shown}: it is {_describe(info.st_mode)}")
+                raise UnsafePath(f"refusing to read {shown}: it is {_kind_of(info.st_mode)[1]}")
             if info.st_nlink != 1:
                 raise UnsafePath(
                     f"refusing to read {shown}: it has {info.st_nlink} hard links "

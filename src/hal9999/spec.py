@@ -8,9 +8,10 @@ opaque command string.
 # No `from __future__ import annotations` here: pydantic would then evaluate each field's
 # annotation from its text, a compile each, on every run's path.
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -120,6 +121,21 @@ MAX_DISK_FILES = 1 << 40
 """More inodes than any filesystem hands one directory tree."""
 
 
+_N = TypeVar("_N", int, float)
+
+
+def _no_limit_or(low: float, high: float, what: str) -> Callable[[_N | None], _N | None]:
+    """A limit's check: unset, 0 (no limit), or ``what`` from ``low`` (up) to ``high``."""
+    span = f"from {low} to {high}" if low else f"up to {high}"
+
+    def check(value: _N | None) -> _N | None:
+        if value is not None and value != 0 and not (low <= value <= high):
+            raise ValueError(f"expected 0 (no limit) or {what} {span}")
+        return value
+
+    return check
+
+
 class Resources(_Frozen):
     """Resource limits. ``None`` (unset) means the safe default of a provider that enforces
     limits (:mod:`hal9999.providers.limits`: pids and memory the share of one concurrent task
@@ -140,46 +156,14 @@ class Resources(_Frozen):
 
     # Validators apart from the fields and their defaults: one rule for CLI, config and env.
     # 0 asks for no limit (see providers.limits); anything else must be a real limit.
-    @field_validator("cpus")
-    @classmethod
-    def _cpus(cls, value: float | None) -> float | None:
-        if value is not None and value != 0 and not (MIN_CPUS <= value <= MAX_CPUS):
-            raise ValueError(
-                f"expected 0 (no limit) or a number of cores from {MIN_CPUS} to {MAX_CPUS}"
-            )
-        return value
+    _cpus = field_validator("cpus")(_no_limit_or(MIN_CPUS, MAX_CPUS, "a number of cores"))
+    _memory = field_validator("memory_mb")(_no_limit_or(MIN_MEMORY_MB, MAX_MEMORY_MB, "MiB"))
+    _pids = field_validator("pids")(_no_limit_or(MIN_PIDS, MAX_PIDS, "a number of processes"))
 
-    @field_validator("memory_mb")
-    @classmethod
-    def _memory(cls, value: int | None) -> int | None:
-        if value is not None and value != 0 and not (MIN_MEMORY_MB <= value <= MAX_MEMORY_MB):
-            raise ValueError(
-                f"expected 0 (no limit) or MiB from {MIN_MEMORY_MB} to {MAX_MEMORY_MB}"
-            )
-        return value
-
-    @field_validator("pids")
-    @classmethod
-    def _pids(cls, value: int | None) -> int | None:
-        if value is not None and value != 0 and not (MIN_PIDS <= value <= MAX_PIDS):
-            raise ValueError(
-                f"expected 0 (no limit) or a number of processes from {MIN_PIDS} to {MAX_PIDS}"
-            )
-        return value
-
-    @field_validator("disk_mb")
-    @classmethod
-    def _disk(cls, value: int | None) -> int | None:
-        if value is not None and not (0 <= value <= MAX_MEMORY_MB):
-            raise ValueError(f"expected 0 (no limit) or MiB up to {MAX_MEMORY_MB}")
-        return value
-
-    @field_validator("disk_files")
-    @classmethod
-    def _disk_files(cls, value: int | None) -> int | None:
-        if value is not None and not (0 <= value <= MAX_DISK_FILES):
-            raise ValueError(f"expected 0 (no limit) or a number of files up to {MAX_DISK_FILES}")
-        return value
+    _disk = field_validator("disk_mb")(_no_limit_or(0, MAX_MEMORY_MB, "MiB"))
+    _disk_files = field_validator("disk_files")(
+        _no_limit_or(0, MAX_DISK_FILES, "a number of files")
+    )
 
 
 class Bind(_Frozen):

@@ -6,8 +6,8 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -16,6 +16,8 @@ from hal9999.cli.options import json_option
 from hal9999.config import HalConfig, load_config
 from hal9999.errors import ConfigError
 from hal9999.providers.qemu.image.store import Image
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def image_json(image: Image) -> dict[str, Any]:
@@ -44,14 +46,29 @@ def image() -> None:
     """Golden images and snapshots for the qemu provider."""
 
 
+def debian_options(name_help: str, included: str) -> Callable[[F], F]:
+    """The options every image build takes: ``--name`` (``name_help``), and the Debian
+    system's ``--packages`` (beside ``included``), ``--suite`` and ``--mirror``."""
+    options = (
+        click.option("--name", default="default", show_default=True, help=name_help),
+        click.option(
+            "--packages", "packages", multiple=True,
+            help=f"Extra Debian packages, comma-separated or repeated ({included} are in).",
+        ),
+        click.option("--suite", default="bookworm", show_default=True, help="Debian release."),
+        click.option("--mirror", help="Debian mirror (default: the one apt uses here)."),
+    )  # fmt: skip
+
+    def apply(command: F) -> F:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return apply
+
+
 @image.command("build")
-@click.option("--name", default="default", show_default=True, help="Image name.")
-@click.option(
-    "--packages", "packages", multiple=True,
-    help="Extra Debian packages, comma-separated or repeated (git, tmux, bash, sshd are in).",
-)  # fmt: skip
-@click.option("--suite", default="bookworm", show_default=True, help="Debian release.")
-@click.option("--mirror", help="Debian mirror (default: the one apt uses here).")
+@debian_options("Image name.", "git, tmux, bash, sshd")
 @click.option("--no-state", is_flag=True, help="Skip booting once to save a VM state.")
 @json_option("Print the image as JSON when done.")
 def image_build(
@@ -161,13 +178,7 @@ async def _images_in_use(config: HalConfig) -> dict[str, list[str]]:
 
 
 @image.command("container")
-@click.option("--name", default="default", show_default=True, help="Tag: hal9999:<name>.")
-@click.option(
-    "--packages", "packages", multiple=True,
-    help="Extra Debian packages, comma-separated or repeated (git, tmux, bash are in).",
-)  # fmt: skip
-@click.option("--suite", default="bookworm", show_default=True, help="Debian release.")
-@click.option("--mirror", help="Debian mirror (default: the one apt uses here).")
+@debian_options("Tag: hal9999:<name>.", "git, tmux, bash")
 def image_container(name: str, packages: tuple[str, ...], suite: str, mirror: str | None) -> None:
     """Build a container image for the docker provider (the qemu images' cached Debian
     rootfs, imported into the engine at [providers.docker] url; no registry)."""

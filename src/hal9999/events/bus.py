@@ -20,8 +20,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from hal9999.events.hive import HiveEvent
 from hal9999.events.log import Sink
@@ -36,35 +37,52 @@ _REMEMBERED = 1 << 16
 """How many recent gseqs the bus remembers to drop an event that arrives twice."""
 
 
-class Subscription:
-    """The events one subscriber gets, in publishing order."""
+class _Queued(Generic[_E]):
+    """A subscriber's queue, in publishing order; closed rather than slowing the writers
+    once it falls ``max_queue`` events behind."""
 
-    def __init__(self, bus: EventBus, task_id: str | None, max_queue: int) -> None:
+    def __init__(self, bus: EventBus, max_queue: int) -> None:
         self.bus = bus
-        self.task_id = task_id
-        self.queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self.queue: asyncio.Queue[_E | None] = asyncio.Queue()
         self.max_queue = max_queue
         self.overflowed = False
         """Set when the subscriber fell too far behind and was closed."""
 
-    def offer(self, event: Event) -> None:
-        """Queue ``event`` if it is for this subscriber (on the bus's loop)."""
-        if self.task_id is not None and event.task_id != self.task_id:
-            return
+    def offer(self, event: _E) -> None:
+        """Queue ``event`` (on the bus's loop); a subscriber too far behind is closed."""
         if self.queue.qsize() >= self.max_queue:
             self.overflowed = True
             self.close()
             return
         self.queue.put_nowait(event)
 
-    async def get(self) -> Event | None:
+    async def get(self) -> _E | None:
         """The next event; None once closed."""
         return await self.queue.get()
 
     def close(self) -> None:
         """Stop receiving; a waiting :meth:`get` returns None."""
-        self.bus.unsubscribe(self)
+        self._unsubscribe()
         self.queue.put_nowait(None)
+
+    def _unsubscribe(self) -> None:
+        raise NotImplementedError
+
+
+class Subscription(_Queued[Event]):
+    """The events one subscriber gets (one task's, or every task's), in publishing order."""
+
+    def __init__(self, bus: EventBus, task_id: str | None, max_queue: int) -> None:
+        super().__init__(bus, max_queue)
+        self.task_id = task_id
+
+    def offer(self, event: Event) -> None:
+        """Queue ``event`` if it is for this subscriber (on the bus's loop)."""
+        if self.task_id is None or event.task_id == self.task_id:
+            super().offer(event)
+
+    def _unsubscribe(self) -> None:
+        self.bus.unsubscribe(self)
 
     def __aiter__(self) -> AsyncIterator[Event]:
         return self._iterate()
@@ -74,31 +92,11 @@ class Subscription:
             yield event
 
 
-class HiveSubscription:
-    """The hive events one subscriber gets, in publishing order (see :class:`Subscription`)."""
+class HiveSubscription(_Queued[HiveEvent]):
+    """The hive events one subscriber gets, in publishing order."""
 
-    def __init__(self, bus: EventBus, max_queue: int) -> None:
-        self.bus = bus
-        self.queue: asyncio.Queue[HiveEvent | None] = asyncio.Queue()
-        self.max_queue = max_queue
-        self.overflowed = False
-
-    def offer(self, event: HiveEvent) -> None:
-        """Queue ``event`` (on the bus's loop); a subscriber too far behind is closed."""
-        if self.queue.qsize() >= self.max_queue:
-            self.overflowed = True
-            self.close()
-            return
-        self.queue.put_nowait(event)
-
-    async def get(self) -> HiveEvent | None:
-        """The next hive event; None once closed."""
-        return await self.queue.get()
-
-    def close(self) -> None:
-        """Stop receiving; a waiting :meth:`get` returns None."""
+    def _unsubscribe(self) -> None:
         self.bus.unsubscribe_hive(self)
-        self.queue.put_nowait(None)
 
 
 class EventBus:
@@ -227,29 +225,22 @@ class EventBus:
             self._subscriptions.remove(subscription)
 
 
+@dataclass(eq=False)
 class IndexTail:
     """Brings events written by other processes to the bus: follows the store's index by
     ``gseq`` and reads each new event's body from its task's file."""
 
-    def __init__(
-        self,
-        store: Store,
-        bus: EventBus,
-        path_of: Callable[[str], Path | None],
-        *,
-        poll: float = 0.2,
-        patience: float = 5.0,
-    ) -> None:
-        self.store = store
-        self.bus = bus
-        self.path_of = path_of
-        """The events file of a task (None for a task that is gone)."""
-        self.poll = poll
-        self.patience = patience
-        """How long an indexed event may stay missing from its file before it is skipped
-        (its writer was killed between the index commit and the file write)."""
-        self.cursor = 0
-        self._missing_since: float | None = None
+    store: Store
+    bus: EventBus
+    path_of: Callable[[str], Path | None]
+    """The events file of a task (None for a task that is gone)."""
+    _: KW_ONLY
+    poll: float = 0.2
+    patience: float = 5.0
+    """How long an indexed event may stay missing from its file before it is skipped
+    (its writer was killed between the index commit and the file write)."""
+    cursor: int = field(default=0, init=False)
+    _missing_since: float | None = field(default=None, init=False, repr=False)
 
     async def run(self, *, start: int | None = None) -> None:
         """Follow the index forever, from ``start`` (default: what is there now)."""

@@ -153,6 +153,26 @@ def _read_chunk(path: Path, offset: int) -> tuple[bytes, int, int] | None:
         raise unusable_session_file(path, exc) from exc
 
 
+def _next_read(
+    path: Path, offset: int, inode: int | None
+) -> tuple[bytes, int | None, bytes | None, int | None]:
+    """What a follower of ``path`` (read up to ``offset`` of the file ``inode``) reads next:
+    ``(data, inode, rest, shrunk)``. ``rest`` is not None when the file was rotated: what
+    the old file held past ``offset`` (the follower finishes it, then reads the new one from
+    its top); ``shrunk`` is the file's size when it is shorter than ``offset`` (cut or
+    replaced); else ``data`` holds the new bytes (none when nothing was appended or the
+    file is missing)."""
+    got = _read_chunk(path, offset)
+    if got is None:
+        return b"", inode, None, None
+    data, size, now = got
+    if inode is not None and now != inode:
+        return b"", now, _rest_of_rotated(path, inode, offset), None
+    if size < offset:
+        return b"", now, None, size
+    return data, now, None, None
+
+
 def _rest_of_rotated(path: Path, inode: int, offset: int) -> bytes:
     """What the file a follower read up to ``offset`` holds past it, when it was rotated
     (it is ``<name>.1`` now, the same inode): a follower finishes it first."""
@@ -189,28 +209,22 @@ async def follow_events(
     while True:
         # Ask before reading: an empty read after stop() turned true means fully drained.
         stopping = stop()
-        got = _read_chunk(path, offset)
-        data = b""
-        if got is not None:
-            data, size, now = got
-            if inode is not None and now != inode:
-                # Rotated: the rest of the file read so far, then the new one from its top.
-                rest = (pending + _rest_of_rotated(path, inode, offset)).split(b"\n")
-                for line in rest[:-1]:
-                    event = parse_line(line, path, warn=False)
-                    if event is not None and event.seq > last:
-                        last = event.seq
-                        yield event
-                inode, offset, pending = now, 0, b""
-                continue
-            inode = now
-            if size < offset:
-                # The writer cut a crash-truncated line away: re-read from that line's start,
-                # or from the top if the file was replaced (seq dedupe drops repeats).
-                line_start = offset - len(pending)
-                offset = line_start if size >= line_start else 0
-                pending = b""
-                continue
+        data, inode, rest, shrunk = _next_read(path, offset, inode)
+        if rest is not None:
+            for line in (pending + rest).split(b"\n")[:-1]:
+                event = parse_line(line, path, warn=False)
+                if event is not None and event.seq > last:
+                    last = event.seq
+                    yield event
+            offset, pending = 0, b""
+            continue
+        if shrunk is not None:
+            # The writer cut a crash-truncated line away: re-read from that line's start,
+            # or from the top if the file was replaced (seq dedupe drops repeats).
+            line_start = offset - len(pending)
+            offset = line_start if shrunk >= line_start else 0
+            pending = b""
+            continue
         if not data:
             if stopping:
                 return
@@ -256,27 +270,17 @@ async def follow_text(
     inode: int | None = None
     while True:
         stopping = stop()
-        got = _read_chunk(path, offset)
-        data = b""
-        if got is not None:
-            data, size, now = got
-            if inode is not None and now != inode:
-                # Rotated: the rest of the file read so far, then the new one from its top.
-                text = decoder.decode(_rest_of_rotated(path, inode, offset))
-                inode, offset = now, 0
-                if stream is not None:
-                    text = stream.feed(text)
-                if text:
-                    yield text
-                continue
-            inode = now
-            if size < offset:
-                # Truncated or replaced: start over rather than wait for it to regrow.
-                offset = 0
-                decoder.reset()
-                continue
+        data, inode, rest, shrunk = _next_read(path, offset, inode)
+        if shrunk is not None:
+            # Truncated or replaced: start over rather than wait for it to regrow.
+            offset = 0
+            decoder.reset()
+            continue
+        if rest is not None:
+            offset, data = 0, rest
+        else:
             offset += len(data)
-        if data:
+        if data or rest is not None:
             text = decoder.decode(data)
             if stream is not None:
                 text = stream.feed(text)

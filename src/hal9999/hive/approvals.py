@@ -33,10 +33,12 @@ from hal9999.hive.threads import (
     approval_of,
     check_participant,
     check_text,
+    due_rows,
     find_row,
     new_id,
     notice,
     notify_deadline,
+    select_rows,
 )
 from hal9999.store import Store
 from hal9999.tasks.reviewdiff import review_text
@@ -199,13 +201,7 @@ def list_approvals(
     store: Store, *, state: str | None = "pending", limit: int = 200
 ) -> list[Approval]:
     """The latest ``limit`` proposals, oldest first; only those in ``state`` unless None."""
-    if state is None:
-        rows = store._query("SELECT * FROM hive_approvals ORDER BY created DESC LIMIT ?", (limit,))
-    else:
-        rows = store._query(
-            "SELECT * FROM hive_approvals WHERE state = ? ORDER BY created DESC LIMIT ?",
-            (state, limit),
-        )
+    rows = select_rows(store, "hive_approvals", {"state": state}, "created DESC", limit)
     return [approval_of(row) for row in reversed(rows)]
 
 
@@ -410,11 +406,7 @@ def withdraw_all(store: Store, proposer: str, *, spare: str | None = None) -> in
 def expire_due(store: Store, now: float | None = None) -> list[Approval]:
     """Expire every pending proposal whose time is up; returns them."""
     now = time.time() if now is None else now
-    rows = store._query(
-        "SELECT * FROM hive_approvals WHERE state = 'pending' AND expires IS NOT NULL"
-        " AND expires <= ? ORDER BY expires",
-        (now,),
-    )
+    rows = due_rows(store, "hive_approvals", "pending", now)
     expired: list[Approval] = []
     for row in rows:
         try:

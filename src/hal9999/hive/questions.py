@@ -26,11 +26,13 @@ from hal9999.hive.threads import (
     agent_or_none,
     check_participant,
     check_text,
+    due_rows,
     find_row,
     new_id,
     notice,
     notify_deadline,
     question_of,
+    select_rows,
 )
 from hal9999.store import Store
 
@@ -124,13 +126,8 @@ def list_questions(
 ) -> list[Question]:
     """The latest ``limit`` questions, oldest first: to ``target`` only when given;
     unanswered only by default."""
-    sql, params = "SELECT * FROM hive_questions WHERE 1 = 1", []
-    if target is not None:
-        sql += " AND target = ?"
-        params.append(target)
-    if open_only:
-        sql += " AND state = 'open'"
-    rows = store._query(sql + " ORDER BY created DESC LIMIT ?", (*params, limit))
+    where = {"target": target, "state": "open" if open_only else None}
+    rows = select_rows(store, "hive_questions", where, "created DESC", limit)
     return [question_of(row) for row in reversed(rows)]
 
 
@@ -229,9 +226,5 @@ def close_all(store: Store, agent: str) -> int:
 def expire_due(store: Store, now: float | None = None) -> list[Question]:
     """Answer every open question whose time is up with the sentinel; returns them."""
     now = time.time() if now is None else now
-    rows = store._query(
-        "SELECT * FROM hive_questions WHERE state = 'open' AND expires IS NOT NULL"
-        " AND expires <= ? ORDER BY expires",
-        (now,),
-    )
+    rows = due_rows(store, "hive_questions", "open", now)
     return [question for question in map(question_of, rows) if _expire(store, question)]

@@ -35,6 +35,7 @@ from hal9999.hive.threads import (
     notify,
     notify_deadline,
     reminder_of,
+    select_rows,
 )
 from hal9999.store import Store
 
@@ -143,13 +144,8 @@ def list_reminders(
     store: Store, agent: str | None = None, *, pending_only: bool = True
 ) -> list[Reminder]:
     """Reminders by due time: of one agent when given; pending only by default."""
-    sql, params = "SELECT * FROM hive_reminders WHERE 1 = 1", []
-    if agent is not None:
-        sql += " AND agent = ?"
-        params.append(agent)
-    if pending_only:
-        sql += " AND state = 'pending'"
-    return [reminder_of(row) for row in store._query(sql + " ORDER BY due", params)]
+    where = {"agent": agent, "state": "pending" if pending_only else None}
+    return [reminder_of(row) for row in select_rows(store, "hive_reminders", where, "due")]
 
 
 def _write_file(reminder: Reminder) -> str | None:

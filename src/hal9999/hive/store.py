@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hal9999.errors import AgentNotFound, HiveError
 from hal9999.events.hive import HiveEvent, parse_hive_event
 from hal9999.store import Store
+from hal9999.store.table import insert_sql
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +125,9 @@ def insert_agent(
     """Add a new agent (its name checked), with ``also`` in the same transaction; refuses a
     name that is taken."""
     check_name(record.name)
-    columns = ", ".join(_AGENT_COLUMNS)
-    values = ", ".join(f":{c}" for c in _AGENT_COLUMNS)
     try:
         with hive_write(store) as (conn, recorded):
-            conn.execute(
-                f"INSERT INTO hive_agents ({columns}) VALUES ({values})", _agent_row(record)
-            )
+            conn.execute(insert_sql("hive_agents", _AGENT_COLUMNS), _agent_row(record))
             if also is not None:
                 also(conn, recorded)
     except sqlite3.IntegrityError as exc:

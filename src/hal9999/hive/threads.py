@@ -13,7 +13,7 @@ import json
 import logging
 import secrets
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -303,6 +303,39 @@ def close_for_removed(store: Store, agent: str, *, spare: str | None = None) -> 
 
     closed = approvals.withdraw_all(store, agent, spare=spare) + questions.close_all(store, agent)
     return closed + reminders.drop_all(store, agent)
+
+
+def select_rows(
+    store: Store,
+    table: Literal["hive_questions", "hive_approvals", "hive_reminders"],
+    where: Mapping[str, object],
+    order: str,
+    limit: int | None = None,
+) -> list[sqlite3.Row]:
+    """The rows of ``table`` whose columns equal ``where``'s values (a None value matches
+    any), in ``order`` (an ``ORDER BY`` clause), at most ``limit``."""
+    given = {column: value for column, value in where.items() if value is not None}
+    sql = f"SELECT * FROM {table}"
+    if given:
+        sql += " WHERE " + " AND ".join(f"{column} = ?" for column in given)
+    params = [*given.values()]
+    sql += f" ORDER BY {order}"
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return store._query(sql, params)
+
+
+def due_rows(
+    store: Store, table: Literal["hive_questions", "hive_approvals"], state: str, now: float
+) -> list[sqlite3.Row]:
+    """The rows of ``table`` still in ``state`` whose expiry is at or before ``now``, soonest
+    first."""
+    return store._query(
+        f"SELECT * FROM {table} WHERE state = ? AND expires IS NOT NULL"
+        " AND expires <= ? ORDER BY expires",
+        (state, now),
+    )
 
 
 def next_deadline(store: Store) -> float | None:

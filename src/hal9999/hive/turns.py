@@ -383,9 +383,8 @@ class HiveLoop:
         task_id = row.task_id or task_id
         if task_id is None:
             return None
-        try:
-            task = self.store.get_task(task_id)
-        except TaskNotFound:
+        task = self.store.task_or_none(task_id)
+        if task is None:
             return None
         ended = task.finished_at
         if task.status not in ACTIVE and ended is not None and ended < row.started_at:

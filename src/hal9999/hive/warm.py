@@ -21,7 +21,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from hal9999.errors import ConfigError, HalError, TaskNotFound
+from hal9999.errors import ConfigError, HalError
 from hal9999.hive.store import AgentPolicy, AgentRecord, agent_of_task, list_agents
 from hal9999.hive.watch import crash_reason
 from hal9999.hivesettings import HiveSettings
@@ -124,9 +124,8 @@ class WarmHolds:
         agent = agent_of_task(self.store, task_id)
         if agent is None or not agent.policy.warm or agent.state != "running":
             return None
-        try:
-            task = self.store.get_task(task_id)
-        except TaskNotFound:
+        task = self.store.task_or_none(task_id)
+        if task is None:
             return None
         if task.status in TAKEN_AWAY or crash_reason(task) is not None:
             return None  # stopped from outside, or crashed: the sandbox is not trusted on

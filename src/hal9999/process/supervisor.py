@@ -124,18 +124,32 @@ def wait_go(fifo: str) -> bool | None:
         signal.signal(signal.SIGINT, previous)
 
 
-def _read_go(fifo: str) -> bool | None:
+def _open_fifo(fifo: str) -> tuple[int, os.stat_result] | None:
+    """``fifo`` opened for blocking reads (without waiting for a writer, nor following a
+    link) and its status; None when it cannot be opened or is not a FIFO."""
     try:
         fd = posix.open(
             fifo, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
         )
     except OSError:
-        return False
+        return None
     try:
         held = posix.fstat(fd)
-        if held.st_mode & _S_IFMT != _S_IFIFO:
-            return False
-        posix.set_blocking(fd, True)
+        if held.st_mode & _S_IFMT == _S_IFIFO:
+            posix.set_blocking(fd, True)
+            return fd, held
+    except OSError:
+        pass
+    posix.close(fd)
+    return None
+
+
+def _read_go(fifo: str) -> bool | None:
+    opened = _open_fifo(fifo)
+    if opened is None:
+        return False
+    fd, held = opened
+    try:
         if posix.read(fd, 1) == b"g":
             return True
         try:
@@ -166,16 +180,11 @@ def wait_warm(fifo: str) -> tuple[list[str], dict[bytes, bytes]] | None:
 
 
 def _read_warm(fifo: str) -> tuple[list[str], dict[bytes, bytes]] | None:
-    try:
-        fd = posix.open(
-            fifo, posix.O_RDONLY | posix.O_NONBLOCK | posix.O_NOFOLLOW | posix.O_CLOEXEC
-        )
-    except OSError:
+    opened = _open_fifo(fifo)
+    if opened is None:
         return None
+    fd = opened[0]
     try:
-        if posix.fstat(fd).st_mode & _S_IFMT != _S_IFIFO:
-            return None
-        posix.set_blocking(fd, True)
         data = b""
         while b"\n" not in data:
             chunk = posix.read(fd, 64)

@@ -12,6 +12,7 @@ ask for them with ``isinstance``): :class:`WorkspaceAttach`, :class:`OwnWarmPool
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -315,6 +316,20 @@ class ProviderDoctor(Protocol):
     async def doctor(scope: DoctorScope) -> list[Check]:
         """The provider's lines of the report."""
         ...
+
+
+def doctor_in(
+    module: str, checks: str = "checks"
+) -> staticmethod[[DoctorScope], Awaitable[list[Check]]]:
+    """A provider's :meth:`ProviderDoctor.doctor` made of the ``checks`` function of
+    ``module``, imported only when ``hal doctor`` calls it (a run loads none of it)."""
+
+    async def doctor(scope: DoctorScope) -> list[Check]:
+        found: Callable[[DoctorScope], Awaitable[list[Check]]]
+        found = getattr(importlib.import_module(module), checks)
+        return await found(scope)
+
+    return staticmethod(doctor)
 
 
 _S = TypeVar("_S", bound=Sandbox)

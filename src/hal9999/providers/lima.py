@@ -24,20 +24,17 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hal9999.errors import ProviderError, ProviderUnavailable
-from hal9999.providers.base import SandboxInfo
+from hal9999.providers.base import SandboxInfo, doctor_in
 from hal9999.providers.ssh.config import SshConfig, SshHost
 from hal9999.providers.ssh.connections import load_asyncssh
 from hal9999.providers.ssh.provider import SshProvider
 from hal9999.providers.ssh.sandbox import SshSandbox
 from hal9999.spec import SandboxSpec
-
-if TYPE_CHECKING:
-    from hal9999.providers.doctor import Check, DoctorScope
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +81,8 @@ class LimaProvider(SshProvider):
     name = "lima"
     config_model = LimaConfig  # type: ignore[assignment]
 
-    @staticmethod
-    async def doctor(scope: DoctorScope) -> list[Check]:
-        """limactl, and hal's VMs and sandboxes."""
-        from hal9999.providers.ssh.doctor import lima_checks
-
-        return await lima_checks(scope)
+    doctor = doctor_in("hal9999.providers.ssh.doctor", "lima_checks")
+    """limactl, and hal's VMs and sandboxes."""
 
     def __init__(self, *, state_dir: Path, config: LimaConfig | None = None) -> None:
         self.lima = config or LimaConfig()

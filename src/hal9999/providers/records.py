@@ -12,6 +12,7 @@ later ``hal`` process (or a relay) reads the same records.
 import contextlib
 import os
 import re
+import secrets
 from pathlib import Path
 from typing import Generic, Literal, TypeVar
 
@@ -61,6 +62,20 @@ class JsonRecords(Generic[R]):
         self.root = root
         self.model = model
         self.layout = layout
+        self._owner: str | None = None
+
+    def owner_id(self) -> str:
+        """The random id of this state directory (its ``owner`` file, made once): a provider
+        labels what it makes with it, and only reconciles what carries it."""
+        if self._owner is None:
+            path = self.root / "owner"
+            self.root.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_hex(6))
+            self._owner = path.read_text().strip()
+        return self._owner
 
     @staticmethod
     def check_id(sandbox_id: str) -> str:

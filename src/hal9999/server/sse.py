@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,38 +119,31 @@ def read_bodies(
     return found, gone
 
 
+@dataclass(eq=False)
 class EventFeed:
     """Every recorded event in ``gseq`` order, with a window of the recent ones."""
 
-    def __init__(
-        self,
-        store: Store,
-        bus: EventBus,
-        path_of: Callable[[str], Path | None],
-        *,
-        window: int = WINDOW,
-        window_bytes: int = WINDOW_BYTES,
-    ) -> None:
-        self.store = store
-        self.bus = bus
-        self.path_of = path_of
-        self.window = window
-        self.window_bytes = window_bytes
-        self.frames: list[Frame] = []
-        self._gseqs: list[int] = []
-        self._bytes = 0
-        self.cursor = 0
-        """The last index row the feed has dealt with."""
-        self.floor = 0
-        """Every row above this is in :attr:`frames` (older ones were let go)."""
-        self.closed = False
-        self._changed = asyncio.Event()
-        self._bodies: dict[tuple[str, int], Event] = {}
-        self._stalled_since: float | None = None
-        self.streams = 0
-        """Streams open now (:meth:`attach`)."""
-        self._stepped = 0.0
-        self._stepping = asyncio.Lock()
+    store: Store
+    bus: EventBus
+    path_of: Callable[[str], Path | None]
+    _: KW_ONLY
+    window: int = WINDOW
+    window_bytes: int = WINDOW_BYTES
+    frames: list[Frame] = field(default_factory=list, init=False)
+    _gseqs: list[int] = field(default_factory=list, init=False, repr=False)
+    _bytes: int = field(default=0, init=False, repr=False)
+    cursor: int = field(default=0, init=False)
+    """The last index row the feed has dealt with."""
+    floor: int = field(default=0, init=False)
+    """Every row above this is in :attr:`frames` (older ones were let go)."""
+    closed: bool = field(default=False, init=False)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event, init=False, repr=False)
+    _bodies: dict[tuple[str, int], Event] = field(default_factory=dict, init=False, repr=False)
+    _stalled_since: float | None = field(default=None, init=False, repr=False)
+    streams: int = field(default=0, init=False)
+    """Streams open now (:meth:`attach`)."""
+    _stepped: float = field(default=0.0, init=False, repr=False)
+    _stepping: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
 
     async def start(self) -> None:
         """Begin at the index's end (what came before is history, read on demand)."""

@@ -8,23 +8,17 @@ hal processes on this HAL_HOME never pass the cap together.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from typing import Any
 
 from hal9999.errors import SpendCapReached
+from hal9999.store.table import Table
 
 DAY_S = 86400.0
 
 
-class CloudMachineTable:
+class CloudMachineTable(Table):
     """SQL of the ``cloud_machines`` table, mixed into :class:`hal9999.store.Store`."""
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        raise NotImplementedError
 
     def reserve_cloud_machine(
         self,

@@ -8,10 +8,10 @@ numbers committed after it. That is what lets a consumer resume with "everything
 """
 
 import functools
-import sqlite3
 from collections.abc import Iterable, Sequence
-from contextlib import AbstractContextManager
 from typing import Any, NamedTuple
+
+from hal9999.store.table import Table
 
 ROWS_PER_INSERT = 128
 """Index rows per INSERT statement: 640 parameters, under the 999 of any SQLite."""
@@ -46,14 +46,8 @@ class FeedRow(NamedTuple):
     body: str | None
 
 
-class EventTable:
+class EventTable(Table):
     """SQL of the ``events`` index and ``event_counter``, mixed into the store."""
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        raise NotImplementedError
 
     def record_events(self, task_id: str, rows: Sequence[tuple[int, str, float]]) -> list[int]:
         """Index ``(seq, type, ts)`` rows and return the ``gseq`` given to each, in order.

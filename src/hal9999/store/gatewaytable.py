@@ -8,11 +8,10 @@ build).
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable
-from contextlib import AbstractContextManager
 from functools import cache
 from typing import TYPE_CHECKING, Any
+
+from hal9999.store.table import Table, insert_sql
 
 if TYPE_CHECKING:
     from hal9999.store.gateway import GatewayRequest
@@ -26,33 +25,22 @@ def _columns() -> tuple[str, ...]:
     return tuple(name for name in GatewayRequest.model_fields if name != "id")
 
 
-class GatewayTable:
+class GatewayTable(Table):
     """SQL of the ``gateway_requests`` table, mixed into :class:`hal9999.store.Store`."""
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        raise NotImplementedError
 
     def add_gateway_request(self, row: GatewayRequest) -> int:
         """Record one call; returns its id."""
-        names = ", ".join(_columns())
-        values = ", ".join(f":{name}" for name in _columns())
         with self._write() as conn:
             cursor = conn.execute(
-                f"INSERT INTO gateway_requests ({names}) VALUES ({values})",
-                row.model_dump(exclude={"id"}),
+                insert_sql("gateway_requests", _columns()), row.model_dump(exclude={"id"})
             )
             return int(cursor.lastrowid or 0)
 
     def add_gateway_requests(self, rows: list[GatewayRequest]) -> None:
         """Record several calls in one transaction (the gateway's group commit)."""
-        names = ", ".join(_columns())
-        values = ", ".join(f":{name}" for name in _columns())
         with self._write() as conn:
             conn.executemany(
-                f"INSERT INTO gateway_requests ({names}) VALUES ({values})",
+                insert_sql("gateway_requests", _columns()),
                 [row.model_dump(exclude={"id"}) for row in rows],
             )
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
 from functools import cache
 from typing import TYPE_CHECKING, Any
+
+from hal9999.store.table import Table, insert_sql
 
 if TYPE_CHECKING:
     from hal9999.store.sandboxrow import SandboxRow
@@ -27,14 +28,8 @@ def _row(row: sqlite3.Row) -> SandboxRow:
     return SandboxRow.model_validate(dict(zip(row.keys(), row, strict=True)))
 
 
-class SandboxTable:
+class SandboxTable(Table):
     """SQL of the ``sandboxes`` table, mixed into :class:`hal9999.store.Store`."""
-
-    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
-        raise NotImplementedError
-
-    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        raise NotImplementedError
 
     def put_sandbox(self, row: SandboxRow) -> None:
         """Insert or replace the record of one sandbox."""
@@ -42,11 +37,9 @@ class SandboxTable:
 
     def put_sandboxes(self, rows: Sequence[SandboxRow]) -> None:
         """Insert or replace the records of some sandboxes, in order, in one transaction."""
-        names = ", ".join(_columns())
-        values = ", ".join(f":{name}" for name in _columns())
         with self._write() as conn:
             conn.executemany(
-                f"INSERT OR REPLACE INTO sandboxes ({names}) VALUES ({values})",
+                insert_sql("sandboxes", _columns(), replace=True),
                 [row.model_dump() for row in rows],
             )
 

@@ -37,6 +37,7 @@ from hal9999.store.rows import (
     with_runner_started,
 )
 from hal9999.store.sandboxes import SandboxTable
+from hal9999.store.table import insert_sql
 from hal9999.store.writelock import WriteBusy, writers_of
 
 BUSY_TIMEOUT_S = 5.0
@@ -314,21 +315,24 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
 
     def insert_task(self, record: TaskRecord) -> None:
         """Add a new task; its id must be unused."""
-        columns = ", ".join(TASK_COLUMNS)
-        values = ", ".join(f":{name}" for name in TASK_COLUMNS)
         try:
             with self._write() as conn:
                 row = {**to_row(record), **with_runner_started({"runner_pid": record.runner_pid})}
-                conn.execute(f"INSERT INTO tasks ({columns}) VALUES ({values})", row)
+                conn.execute(insert_sql("tasks", TASK_COLUMNS), row)
         except sqlite3.IntegrityError as exc:
             raise ValueError(f"task {record.id} already exists") from exc
 
     def get_task(self, task_id: str) -> TaskRecord:
         """The task with exactly this id."""
-        rows = self._query("SELECT * FROM tasks WHERE id = ?", (task_id,))
-        if not rows:
+        task = self.task_or_none(task_id)
+        if task is None:
             raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
-        return from_row(rows[0])
+        return task
+
+    def task_or_none(self, task_id: str) -> TaskRecord | None:
+        """The task with exactly this id, or None when there is none."""
+        rows = self._query("SELECT * FROM tasks WHERE id = ?", (task_id,))
+        return from_row(rows[0]) if rows else None
 
     def task_status(self, task_id: str) -> str:
         """The status of the task with exactly this id (one column read, no record built)."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from hal9999.agents.parsing import add_counts
 from hal9999.config import HalConfig
 from hal9999.credentials import remove_files
-from hal9999.errors import HalError, TaskNotFound
+from hal9999.errors import HalError
 from hal9999.events.models import Message, Phase, TaskEnd
 from hal9999.process.base import run_ended
 from hal9999.providers.base import Provider, Sandbox
@@ -68,10 +68,7 @@ class RunEnding:
         task = ctx.task
         if ctx.gateway is not None:
             await ctx.gateway.close()
-        try:
-            now: TaskRecord | None = self.store.get_task(task.id)
-        except TaskNotFound:  # removed with --force while running
-            now = None
+        now = self.store.task_or_none(task.id)  # None: removed with --force while running
         # Stopped, then resumed by another process already: the credential files in
         # the session are that run's.
         if now is None or now.runner_pid in (None, os.getpid()):

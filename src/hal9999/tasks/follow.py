@@ -17,7 +17,7 @@ from hal9999.agents.base import Agent
 from hal9999.config import HalConfig
 from hal9999.errors import TaskTimeout
 from hal9999.events.models import AgentSession, Event, Usage
-from hal9999.events.rotation import with_rotated
+from hal9999.events.rotation import size_of, with_rotated
 from hal9999.process.base import ProcessManager, read_exit_status
 from hal9999.process.caplog import log_cap_from
 from hal9999.process.supervisor import ended_path
@@ -27,7 +27,7 @@ from hal9999.spec import ProcessSpec
 from hal9999.store import Store
 from hal9999.tasks import finish
 from hal9999.tasks.context import RunContext, Superseded, Vanished, taken_from_us
-from hal9999.tasks.output import OUTPUT_EVENTS_CAP, OutputFollower, file_size
+from hal9999.tasks.output import OUTPUT_EVENTS_CAP, OutputFollower
 from hal9999.tasks.recorder import RunRecorder
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class RunFollower:
         cover and the ``parsed_offset`` of the parsed events already emitted.
         """
         if offset is None:
-            offset = ctx.log_start if ctx.log_start is not None else file_size(ctx.session.log)
+            offset = ctx.log_start if ctx.log_start is not None else size_of(ctx.session.log)
         timeout = ctx.task.timeout_s
         cap = min(OUTPUT_EVENTS_CAP, (pspec.log_cap or log_cap_from(self.environ)) // 2)
         follower = OutputFollower(ctx, pspec, offset, parsed_offset, emit=self.emit, cap=cap)

@@ -17,6 +17,7 @@ from hal9999.config import HalConfig
 from hal9999.credentials import forwarded_env, install_files
 from hal9999.errors import AgentNotInstalled, HalError, RepoError
 from hal9999.events.models import Message, SandboxAcquired
+from hal9999.events.rotation import size_of
 from hal9999.hostread import write_text
 from hal9999.process.base import ProcessManager, arm_start
 from hal9999.process.caplog import log_cap_from
@@ -35,7 +36,6 @@ from hal9999.tasks.context import (
     process_spec,
     sandbox_spec,
 )
-from hal9999.tasks.output import file_size
 from hal9999.tasks.recorder import RunRecorder
 from hal9999.tasks.sandboxes import SandboxSource
 from hal9999.tasks.session import HOME_TARGET, INPUT_TARGET
@@ -176,7 +176,7 @@ class AgentLauncher:
             await self._launch_failed(manager, checkout, early, made)
             raise
         ctx.pspec = pspec
-        ctx.log_start = file_size(ctx.session.log)
+        ctx.log_start = size_of(ctx.session.log)
         # A halt here since `running` (its stop may have come before any process it could
         # end) starts nothing; one during the start's own waits ends what the start began,
         # or a start after the halt's stop left an agent running for a cancelled task.

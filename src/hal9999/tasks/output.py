@@ -30,14 +30,6 @@ each step's ``output`` event is masked on the loop as it is recorded (one regula
 call, holding the GIL: a large output would stall the loop)."""
 
 
-def file_size(path: Path) -> int:
-    """Size of ``path`` in bytes, 0 when it does not exist."""
-    try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
-
-
 def _whole_utf8(data: bytes) -> int:
     """Where ``data`` ends but for a UTF-8 sequence whose remaining bytes have not arrived
     (held back until they do); a complete one at the end is not held."""

@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 from hal9999.agents.registry import resolve_agent
-from hal9999.errors import HalError, TaskNotFound, TaskStateError
+from hal9999.errors import HalError, TaskStateError
 from hal9999.events.models import Message, Output, Phase, Usage
 from hal9999.events.reader import read_events
 from hal9999.home import unusable_session_file
@@ -298,9 +298,8 @@ class Recovery:
             return False
         if task_id in self.elsewhere:
             return True
-        try:
-            task = self.store.get_task(task_id)
-        except TaskNotFound:
+        task = self.store.task_or_none(task_id)
+        if task is None:
             return False
         runner = task.runner_pid
         if runner in (None, os.getpid()) or not runner_alive(runner, task.runner_started):

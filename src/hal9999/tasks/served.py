@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hal9999.events.models import Event
@@ -31,22 +32,16 @@ FOLLOW_WAIT_S = 30.0
 """How long one page of :meth:`ServedTaskAPI.follow` waits for new events."""
 
 
+@dataclass(eq=False)
 class ServedTaskAPI:
     """Tasks run by this process's scheduler: created off the event loop (the store's write
     lock may be held elsewhere), then queued; stopped, resumed and removed through it."""
 
-    def __init__(
-        self,
-        service: TaskService,
-        scheduler: Scheduler,
-        bus: EventBus,
-        take_sandbox: TakeSandbox | None = None,
-    ) -> None:
-        self.service = service
-        self.scheduler = scheduler
-        self.bus = bus
-        self.take_sandbox = take_sandbox
-        """How a resume adopts a live agent's sandbox (None: the provider's own handle)."""
+    service: TaskService
+    scheduler: Scheduler
+    bus: EventBus
+    take_sandbox: TakeSandbox | None = None
+    """How a resume adopts a live agent's sandbox (None: the provider's own handle)."""
 
     @property
     def store(self) -> Store:

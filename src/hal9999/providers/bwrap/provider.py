@@ -18,14 +18,14 @@ import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from hal9999 import hostread
 from hal9999.envvars import env_argv
 from hal9999.errors import HalError, ProviderError, ProviderUnavailable, SandboxNotFound
-from hal9999.providers.base import Capabilities, Command, ExecResult, Launch
+from hal9999.providers.base import Capabilities, Command, ExecResult, Launch, doctor_in
 from hal9999.providers.bwrap import etc as hostetc
 from hal9999.providers.bwrap import keeper as keepers
 from hal9999.providers.bwrap import seccomp, usernet
@@ -44,9 +44,6 @@ from hal9999.providers.host import fs as hostfs
 from hal9999.providers.host import user as sandboxuser
 from hal9999.providers.host.sandbox import HostProvider, HostSandbox, SandboxRecord
 from hal9999.spec import ArgvCommand, to_argv
-
-if TYPE_CHECKING:
-    from hal9999.providers.doctor import Check, DoctorScope
 
 logger = logging.getLogger(__name__)
 
@@ -291,12 +288,8 @@ class BwrapProvider(HostProvider):
     )
     config_model = BwrapConfig
 
-    @staticmethod
-    async def doctor(scope: "DoctorScope") -> "list[Check]":
-        """bubblewrap, the sandbox boundary here (user, seccomp, networks), cgroups."""
-        from hal9999.providers.bwrap.doctor import checks
-
-        return await checks(scope)
+    doctor = doctor_in("hal9999.providers.bwrap.doctor")
+    """bubblewrap, the sandbox boundary here (user, seccomp, networks), cgroups."""
 
     def __init__(self, *, state_dir: Path, config: BwrapConfig | None = None) -> None:
         self.config = config or BwrapConfig()

@@ -20,7 +20,6 @@ import builtins
 import contextlib
 import logging
 import os
-import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,7 +34,6 @@ from hal9999.errors import (
     HalError,
     HostKeyRejected,
     ProviderError,
-    SandboxNotFound,
 )
 from hal9999.providers.base import SandboxInfo
 from hal9999.providers.cloud.api import RateWindow, RetryPolicy, VendorApi
@@ -100,7 +98,6 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
 
     ledger: SpendLedger
     _guard: SpendGuard | None = None
-    _owner_id: str | None = None
     machine = "machine"
     """How log lines and errors name one of the vendor's machines."""
     api_class: type[ApiT]
@@ -202,16 +199,7 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
     def owner_id(self) -> str:
         """This state directory's random owner id (its ``owner`` file, made once): only
         machines carrying it are ever reconciled, never another installation's."""
-        owner = self._owner_id
-        if owner is None:
-            path = self.records.root / "owner"
-            self.records.root.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_hex(6))
-            owner = self._owner_id = path.read_text().strip()
-        return owner
+        return self.records.owner_id()
 
     # -- creating -------------------------------------------------------------------------
 
@@ -296,39 +284,20 @@ class CloudHostProvider(SshProvider, Generic[ApiT, ConfigT]):
         whose machine is gone, end spend records of neither; return the sandbox ids acted
         on."""
         api = self._api()
-        acted: builtins.list[str] = []
         try:
-            live = await self._live_sandboxes(api)
-            known = {record.id for record in self.records.all()}
-            # A sandbox is recorded only once its machine answers, so a machine without a
-            # record may be one that a create (of this or another hal process) is still
-            # booting: its spend record, reserved less than a whole create ago, says so.
-            reserved = await self.ledger.open_since()
-            creating = {sid for sid, at in reserved.items()
-                        if time.time() - at < self._create_window_s()}  # fmt: skip
-            for sandbox_id in sorted(live - known - creating):
-                logger.warning("deleting orphan %s of sandbox %s", self.machine, sandbox_id)
-                await self._delete(api, sandbox_id)
-                acted.append(sandbox_id)
-            for sandbox_id in sorted(known - live):
-                with contextlib.suppress(SandboxNotFound):
-                    if time.time() - self.records.load(sandbox_id).created_at < GRACE_S:
-                        continue
-                logger.warning("%s of sandbox %s is gone; forgetting it", self.machine,
-                               sandbox_id)  # fmt: skip
-                self.pool.forget_name(f"hal-{sandbox_id}", force=True)
-                with contextlib.suppress(SandboxNotFound):
-                    self.records.delete(sandbox_id)
-                await self.ledger.end(sandbox_id)
-                acted.append(sandbox_id)
-            # A crash between reserving and recording leaves a spend record that no machine
-            # and no sandbox answers to; left open it would count against the cap forever.
-            for sandbox_id in reserved:
-                if sandbox_id not in live | known | creating:
-                    await self.ledger.end(sandbox_id)
+            return await self.ledger.reconcile(
+                self.records,
+                live=await self._live_sandboxes(api),
+                spared=set(),
+                now=time.time(),
+                create_window_s=self._create_window_s(),
+                grace_s=GRACE_S,
+                machine=self.machine,
+                delete=lambda sandbox_id: self._delete(api, sandbox_id),
+                forget=lambda sandbox_id: self.pool.forget_name(f"hal-{sandbox_id}", force=True),
+            )
         finally:
             await api.aclose()
-        return acted
 
 
 def env_path(name: str) -> Path | None:

@@ -20,12 +20,13 @@ import logging
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hal9999.errors import HalError, SpendCapReached
+from hal9999.errors import HalError, SandboxNotFound, SpendCapReached
 from hal9999.store.sqlite import Store
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,29 @@ def home_of(state_dir: Path) -> Path:
     from hal9999.config import default_home
 
     return default_home(os.environ)
+
+
+class _Record(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def created_at(self) -> float: ...
+
+
+class SandboxRecords(Protocol):
+    """A provider's sandbox records, as reconciling them with its machines reads them."""
+
+    def all(self) -> Iterable[_Record]:
+        """Every record."""
+        ...
+
+    def load(self, sandbox_id: str) -> _Record:
+        """One record (:class:`~hal9999.errors.SandboxNotFound` when there is none)."""
+        ...
+
+    def delete(self, sandbox_id: str) -> None:
+        """Forget one record (:class:`~hal9999.errors.SandboxNotFound` when there is none)."""
+        ...
 
 
 class SpendLedger:
@@ -111,6 +135,51 @@ class SpendLedger:
     async def open_since(self) -> dict[str, float]:
         """Machines not yet ended, each with when it was reserved."""
         return await asyncio.to_thread(self._open_starts)
+
+    async def reconcile(
+        self,
+        records: SandboxRecords,
+        *,
+        live: set[str],
+        spared: set[str],
+        now: float,
+        create_window_s: float,
+        grace_s: float,
+        machine: str,
+        delete: Callable[[str], Awaitable[None]],
+        forget: Callable[[str], None] = lambda _: None,
+    ) -> list[str]:
+        """Delete the sandboxes' machines in ``live`` that have no record (left by a crash),
+        but those ``spared`` and those a create still boots; forget the records (older than
+        ``grace_s``) whose machine is gone; end spend records of neither. Returns the
+        sandbox ids acted on."""
+        acted: list[str] = []
+        known = {record.id for record in records.all()}
+        # A sandbox is recorded only once its machine answers, so a machine without a
+        # record may be one that a create (of this or another hal process) is still
+        # booting: its spend record, reserved less than a whole create ago, says so.
+        reserved = await self.open_since()
+        creating = {sid for sid, at in reserved.items() if now - at < create_window_s}
+        for sandbox_id in sorted(live - known - spared - creating):
+            logger.warning("deleting orphan %s of sandbox %s", machine, sandbox_id)
+            await delete(sandbox_id)
+            acted.append(sandbox_id)
+        for sandbox_id in sorted(known - live):
+            with contextlib.suppress(SandboxNotFound):
+                if now - records.load(sandbox_id).created_at < grace_s:
+                    continue
+            logger.warning("%s of sandbox %s is gone; forgetting it", machine, sandbox_id)
+            forget(sandbox_id)
+            with contextlib.suppress(SandboxNotFound):
+                records.delete(sandbox_id)
+            await self.end(sandbox_id)
+            acted.append(sandbox_id)
+        # A crash between reserving and recording leaves a spend record that no machine
+        # and no sandbox answers to; left open it would count against the cap forever.
+        for sandbox_id in reserved:
+            if sandbox_id not in live | known | creating:
+                await self.end(sandbox_id)
+        return acted
 
     def _usage(self, reserve_hours: float) -> tuple[int, float]:
         with Store.open(self.home) as store:

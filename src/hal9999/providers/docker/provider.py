@@ -35,7 +35,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -47,15 +47,12 @@ from hal9999.errors import (
     SandboxNotFound,
 )
 from hal9999.providers import limits, unfinished
-from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState
+from hal9999.providers.base import Capabilities, SandboxInfo, SandboxState, doctor_in
 from hal9999.providers.docker import seccomp as dockerseccomp
 from hal9999.providers.docker.engine import docker_sdk, engine_call, engine_client, host_cli
 from hal9999.providers.docker.sandbox import WORKDIR, DockerSandbox
 from hal9999.providers.host import user as sandboxuser
 from hal9999.spec import SandboxSpec
-
-if TYPE_CHECKING:
-    from hal9999.providers.doctor import Check, DoctorScope
 
 DEFAULT_URL = "unix:///var/run/docker.sock"
 LABEL = "hal9999.sandbox"
@@ -123,12 +120,8 @@ class DockerProvider:
     )
     config_model = DockerConfig
 
-    @staticmethod
-    async def doctor(scope: DoctorScope) -> list[Check]:
-        """The SDK, the engine, the image, the sandboxes."""
-        from hal9999.providers.docker.doctor import checks
-
-        return await checks(scope)
+    doctor = doctor_in("hal9999.providers.docker.doctor")
+    """The SDK, the engine, the image, the sandboxes."""
 
     def __init__(self, *, state_dir: Path, config: DockerConfig | None = None) -> None:
         self.state_dir = state_dir

@@ -19,7 +19,6 @@ import builtins
 import contextlib
 import dataclasses
 import logging
-import os
 import random
 import secrets
 import time
@@ -70,7 +69,6 @@ class KubernetesProvider:
         self.ledger = SpendLedger(self.name, state_dir, self.config)
         self._window = RateWindow()
         self._cluster: Cluster | None = None
-        self._owner: str | None = None
         # A RuntimeClass such as gVisor or Kata puts a kernel of its own under the pod.
         isolation: Literal["vm", "namespace"] = "vm" if self.config.runtime_class else "namespace"
         self.capabilities = dataclasses.replace(self.capabilities, isolation=isolation)
@@ -89,15 +87,7 @@ class KubernetesProvider:
     def owner_id(self) -> str:
         """This state directory's random owner id (made once): only pods carrying it are
         ever reconciled or claimed."""
-        if self._owner is None:
-            path = self.records.root / "owner"
-            self.records.root.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as out:
-                    out.write(secrets.token_hex(6))
-            self._owner = path.read_text().strip()
-        return self._owner
+        return self.records.owner_id()
 
     def _handle(self, record: KubeRecord) -> KubeSandbox:
         return KubeSandbox(record, self.records, self.cluster, self.destroy)
@@ -350,7 +340,6 @@ class KubernetesProvider:
         is gone, end spend records of neither; return the sandbox ids acted on. Free warm
         pods and pods a create is still starting are left be."""
         api = self._api()
-        acted: builtins.list[str] = []
         now = time.time()
         try:
             pods = await api.list_pods({OWNER: self.owner_id()})
@@ -365,28 +354,18 @@ class KubernetesProvider:
                 for p in pods
                 if now - _int(p.metadata.labels.get(TAKEN_AT)) < self._create_window_s()
             }
-            known = {record.id for record in self.records.all()}
-            reserved = await self.ledger.open_since()
-            creating = {sid for sid, at in reserved.items()
-                        if now - at < self._create_window_s()}  # fmt: skip
-            for sandbox_id in sorted(live - known - warm - young - creating):
-                logger.warning("deleting orphan pod of sandbox %s", sandbox_id)
-                await self._delete(api, sandbox_id)
-                acted.append(sandbox_id)
-            for sandbox_id in sorted(known - live):
-                with contextlib.suppress(SandboxNotFound):
-                    if now - self.records.load(sandbox_id).created_at < GRACE_S:
-                        continue
-                    logger.warning("pod of sandbox %s is gone; forgetting it", sandbox_id)
-                    self.records.delete(sandbox_id)
-                await self.ledger.end(sandbox_id)
-                acted.append(sandbox_id)
-            for sandbox_id in reserved:
-                if sandbox_id not in live | known | creating:
-                    await self.ledger.end(sandbox_id)
+            return await self.ledger.reconcile(
+                self.records,
+                live=live,
+                spared=warm | young,
+                now=now,
+                create_window_s=self._create_window_s(),
+                grace_s=GRACE_S,
+                machine="pod",
+                delete=lambda sandbox_id: self._delete(api, sandbox_id),
+            )
         finally:
             await api.aclose()
-        return acted  # fmt: skip
 
 
 def _int(value: str | None) -> float:

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from hal9999 import fs
 from hal9999.errors import ConfigError, ProviderError, SandboxNotFound
-from hal9999.providers.base import Capabilities, SandboxInfo
+from hal9999.providers.base import Capabilities, SandboxInfo, doctor_in
 from hal9999.providers.host import fs as hostfs
 from hal9999.providers.host import user as sandboxuser
 from hal9999.providers.host.sandbox import HostProvider, SandboxRecord, check_spec
@@ -54,7 +54,6 @@ from hal9999.spec import ArgvCommand, SandboxSpec
 
 if TYPE_CHECKING:
     from hal9999.config import HalConfig
-    from hal9999.providers.doctor import Check, DoctorScope
 
 logger = logging.getLogger(__name__)
 VM_RECORD = "vm.json"
@@ -140,12 +139,8 @@ class QemuProvider(HostProvider):
     )
     config_model = QemuConfig
 
-    @staticmethod
-    async def doctor(scope: DoctorScope) -> list[Check]:
-        """QEMU and the image tools, the images (and what a rebuild gives them), KVM."""
-        from hal9999.providers.qemu.doctor import checks
-
-        return await checks(scope)
+    doctor = doctor_in("hal9999.providers.qemu.doctor")
+    """QEMU and the image tools, the images (and what a rebuild gives them), KVM."""
 
     def __init__(self, *, state_dir: Path, config: QemuConfig | None = None) -> None:
         self.config = config or QemuConfig()

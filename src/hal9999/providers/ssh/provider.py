@@ -15,7 +15,6 @@ import logging
 import secrets
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from hal9999.errors import (
     CapabilityError,
@@ -24,7 +23,7 @@ from hal9999.errors import (
     ProviderError,
     SandboxNotFound,
 )
-from hal9999.providers.base import Capabilities, SandboxInfo
+from hal9999.providers.base import Capabilities, SandboxInfo, doctor_in
 from hal9999.providers.bwrap import seccomp
 from hal9999.providers.host.exec import MARKER_VAR
 from hal9999.providers.host.sandbox import check_spec
@@ -35,9 +34,6 @@ from hal9999.providers.ssh.connections import ConnectionPool, load_asyncssh
 from hal9999.providers.ssh.records import MountRecord, SshRecord, SshRecords
 from hal9999.providers.ssh.sandbox import WORKDIR, SshSandbox
 from hal9999.spec import SandboxSpec
-
-if TYPE_CHECKING:
-    from hal9999.providers.doctor import Check, DoctorScope
 
 logger = logging.getLogger(__name__)
 ISOLATION = {"bwrap": "namespace", "disposable": "vm", "none": "none"}
@@ -50,12 +46,8 @@ class SshProvider:
     capabilities = Capabilities(isolation="namespace", host_launch=True)
     config_model = SshConfig
 
-    @staticmethod
-    async def doctor(scope: DoctorScope) -> list[Check]:
-        """Each configured host: reachable, isolated as configured, its sandboxes."""
-        from hal9999.providers.ssh.doctor import checks
-
-        return await checks(scope)
+    doctor = doctor_in("hal9999.providers.ssh.doctor")
+    """Each configured host: reachable, isolated as configured, its sandboxes."""
 
     def __init__(self, *, state_dir: Path, config: SshConfig | None = None) -> None:
         self.config = config or SshConfig()
