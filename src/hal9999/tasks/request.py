@@ -128,6 +128,9 @@ class RunRequest(BaseModel):
     """Repository path or URL (default: the repository of ``cwd``)."""
     ref: PathText = None
     """Branch, tag or commit."""
+    issue: PathText = None
+    """An issue to work on (``github:OWNER/REPO#N``, ``gitlab:GROUP/PROJECT#N`` or its web
+    address): read from its forge where the request is executed, its repository cloned."""
     cwd: Annotated[Path, Field(strict=False), AfterValidator(_path_no_nul)] = Field(
         default_factory=Path.cwd
     )

@@ -151,6 +151,8 @@ class TaskService(TaskSecrets):
     # -- create ------------------------------------------------------------------------
     async def create(self, req: RunRequest) -> TaskRecord:
         """Validate the request, create the record and session; the task is ``queued``."""
+        if req.issue is not None:
+            req = await asyncio.to_thread(self._with_issue, req)
         config, providers = self._check(req)
         source = await gitrepo.resolve_source(req.repo, req.cwd)
         return self._make(req, config, providers, source)
@@ -165,9 +167,33 @@ class TaskService(TaskSecrets):
         executor's threads per submission would cost the daemon's CPU).
         ``named`` is told the task's id before its row exists (a daemon notes what its
         scheduler must run it with: a dispatch may start it before this returns)."""
+        if req.issue is not None:
+            req = self._with_issue(req)
         config, providers = self._check(req)
         source = gitrepo.resolve_source_blocking(req.repo, req.cwd)
         return self._make(req, config, providers, source, named)
+
+    def _with_issue(self, req: RunRequest) -> RunRequest:
+        """``req`` working on its issue: the prompt made of it (the request's own as added
+        instructions), its repository at ``--ref`` or the default branch, and ``issue`` the
+        issue's address. Read with this process's forge tokens, on the host."""
+        from hal9999.forges.issues import fetch_issue_work
+
+        if req.repo is not None:
+            raise UsageError(
+                "--issue and --repo both name the repository",
+                hint="leave --repo out: the issue's repository is cloned",
+            )
+        config = req.config or self.config
+        work = fetch_issue_work(str(req.issue), req.prompt, config, self.environ)
+        return req.model_copy(
+            update={
+                "prompt": work.prompt,
+                "repo": work.repository.clone_url,
+                "ref": req.ref or work.repository.default_branch,
+                "issue": work.issue.url,
+            }
+        )
 
     def _check(self, req: RunRequest) -> tuple[HalConfig, list[str]]:
         """The request's settings and providers, once everything but its source is valid."""
@@ -243,6 +269,7 @@ class TaskService(TaskSecrets):
             timeout_s=req.timeout_s,
             env_keys=list(iter_unique(req.env_names, req.secret_names, config.forward_env)),
             runner_pid=req.runner_pid,
+            issue=req.issue,
         )
         literal = req.given_env if req.literal_names is None else req.literal_names
         if literal or req.secret_names:  # none: a missing file reads as none (a file fewer)
