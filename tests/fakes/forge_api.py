@@ -3,15 +3,14 @@ over smart HTTP for the clone.
 
 It follows the vendors' published shapes for what hal reads:
 
-    GitHub  GET /api/v3/repos/{owner}/{repo}                  {"default_branch", "clone_url", "private", ...}
-            GET /api/v3/repos/{owner}/{repo}/issues/{n}       {"number", "title", "body", "user": {"login"}, "html_url", ...}
-            GET /api/v3/repos/{owner}/{repo}/issues/{n}/comments?per_page=&page=
-                                                              [{"id", "user": {"login"}, "body", "created_at", ...}]
-    GitLab  GET /api/v4/projects/{url-encoded path}           {"default_branch", "http_url_to_repo", "visibility", ...}
-            GET /api/v4/projects/{id}/issues/{iid}            {"iid", "title", "description", "author": {"username"}, "web_url"}
-            GET /api/v4/projects/{id}/issues/{iid}/notes?sort=asc&per_page=&page=
-                                                              [{"id", "body", "author": {"username"}, "system", ...}]
-    git     /git/{project}.git/...                            ``git http-backend`` over the bare repository
+- GitHub: ``GET /api/v3/repos/{owner}/{repo}`` (``default_branch``, ``clone_url``,
+  ``private``), ``.../issues/{n}`` (``number``, ``title``, ``body``, ``user.login``,
+  ``html_url``) and ``.../issues/{n}/comments`` (``user.login``, ``body``, ``created_at``).
+- GitLab: ``GET /api/v4/projects/{url-encoded path}`` (``default_branch``,
+  ``http_url_to_repo``, ``visibility``), ``.../issues/{iid}`` (``title``, ``description``,
+  ``author.username``, ``web_url``) and ``.../issues/{iid}/notes`` (``body``,
+  ``author.username``, ``system``).
+- git: ``/git/{project}.git/...``, ``git http-backend`` over the bare repository.
 
 Listings are paginated by ``Link: <...>; rel="next"`` (``page_size`` items a page whatever
 ``per_page`` asks, so a short listing spans pages). GitHub authenticates ``Authorization:
@@ -22,6 +21,7 @@ project without the token is 404 (both vendors hide private projects so). Faults
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import threading
@@ -217,13 +217,26 @@ class FakeForge:
 
     # -- git over smart HTTP ----------------------------------------------------------------
 
-    def git(self, method: str, path: str, query: str, ctype: str, body: bytes) -> bytes:
-        """``git http-backend``'s CGI answer (headers and body) for one request."""
+    def git(
+        self, method: str, path: str, query: str, ctype: str, body: bytes, auth: str | None
+    ) -> bytes:
+        """``git http-backend``'s CGI answer (headers and body) for one request; a private
+        project's needs HTTP Basic auth with the token as the password (GitHub's
+        ``x-access-token``, GitLab's ``oauth2`` user), as both forges take it."""
         rest = path[len("/git/") :]
         project = rest.split(".git", 1)[0]
         bare = self.repos.get(project)
         if bare is None:
             return b"Status: 404 Not Found\r\n\r\n"
+        with self.lock:
+            self.seen.append((path, {"authorization": auth} if auth else {}))
+        if project in self.private:
+            allowed = {
+                "Basic " + base64.b64encode(f"x-access-token:{TOKEN}".encode()).decode(),
+                "Basic " + base64.b64encode(f"oauth2:{GITLAB_TOKEN}".encode()).decode(),
+            }
+            if auth not in allowed:
+                return b'Status: 401 Unauthorized\r\nWWW-Authenticate: Basic realm="git"\r\n\r\n'
         env = {
             "PATH": "/usr/bin:/bin", "GIT_PROJECT_ROOT": str(bare.parent),
             "GIT_HTTP_EXPORT_ALL": "1", "REQUEST_METHOD": method,
@@ -252,7 +265,8 @@ def _handler(fake: FakeForge) -> type[BaseHTTPRequestHandler]:
             parts = urlsplit(self.path)
             if parts.path.startswith("/git/"):
                 out = fake.git(self.command, parts.path, parts.query,
-                               self.headers.get("content-type", ""), self._body())  # fmt: skip
+                               self.headers.get("content-type", ""), self._body(),
+                               self.headers.get("authorization"))  # fmt: skip
                 head, _, payload = out.partition(b"\r\n\r\n")
                 status = 200
                 lines = head.decode("latin-1").split("\r\n")

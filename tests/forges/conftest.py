@@ -1,4 +1,5 @@
-"""A fake forge with one GitHub and one GitLab project, each a real bare repository."""
+"""A fake forge with one GitHub and one GitLab project, each a real bare repository (the
+fixture ``forge``, also imported by tests/cli/test_run_issue.py)."""
 
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ def config_for(url: str) -> HalConfig:
             "forges": {
                 "github": {"base_url": url, "api_url": f"{url}/api/v3"},
                 "gitlab": {"base_url": url, "api_url": f"{url}/api/v4"},
-            }
+            },
         }
     )
 
