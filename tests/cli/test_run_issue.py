@@ -28,11 +28,15 @@ def point_at(hal_env: dict[str, str], url: str) -> None:
     )
 
 
-def test_run_issue(hal: Hal, hal_env: dict[str, str], forge: FakeForge, cli_path: str) -> None:
+def test_run_issue(
+    hal: Hal, hal_env: dict[str, str], forge: FakeForge, cli_path: str, demo_repo: Path
+) -> None:
     point_at(hal_env, forge.url)
+    (demo_repo / "calc.py").write_text("# not committed\n")  # the directory hal runs in
     out = hal("run", "--issue", f"{forge.url}/octo/calc/issues/1", "--agent", SHOW_PROMPT,
               "keep it small", "--json", timeout=120)  # fmt: skip
     assert out.returncode == 0, out.stderr
+    assert "uncommitted" not in out.stderr  # the issue's repository is cloned, not this one
     task = json.loads(out.stdout)
     assert task["issue"] == f"{forge.url}/octo/calc/issues/1"
     assert (task["repo"], task["repo_kind"], task["ref"]) == (

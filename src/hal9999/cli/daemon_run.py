@@ -273,7 +273,7 @@ def _post(client: DaemonClient, body: dict[str, Any], args: RunArgs) -> dict[str
     try:
         from hal9999.cli.notices import start_uncommitted
 
-        pending = start_uncommitted(args.repo, args.ref)
+        pending = start_uncommitted(args.repo, args.ref, args.issue)
     except BaseException:
         sent.close()
         raise
@@ -292,7 +292,7 @@ def _post(client: DaemonClient, body: dict[str, Any], args: RunArgs) -> dict[str
 def _note(args: RunArgs, pending: Uncommitted | None = None) -> None:
     from hal9999.cli.notices import print_uncommitted
 
-    print_uncommitted(args.repo, args.ref, pending)
+    print_uncommitted(args.repo, args.ref, pending, args.issue)
 
 
 def request_body(
