@@ -49,6 +49,12 @@ def test_run_issue(
     assert f"issue     {forge.url}/octo/calc/issues/1" in shown.stdout
     doc = json.loads(hal("task", "show", task["id"], "--json").stdout)
     assert doc["issue"] == task["issue"]
+    events = [json.loads(line) for line in
+              hal("task", "events", task["id"], "--json").stdout.splitlines()]  # fmt: skip
+    assert [e["type"] for e in events[:2]] == ["task_created", "issue_fetched"]
+    assert (events[1]["issue"], events[1]["url"], events[1]["comments"]) == (
+        "github:octo/calc#1", task["issue"], 5,
+    )  # fmt: skip
 
 
 def test_run_gitlab_issue_at_a_ref(hal: Hal, hal_env: dict[str, str], forge: FakeForge) -> None:

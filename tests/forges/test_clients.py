@@ -23,6 +23,7 @@ from hal9999.config import HalConfig
 from hal9999.errors import (
     ConfigError,
     ForgeAuthError,
+    ForgeError,
     ForgeNotFound,
     ForgeRateLimited,
     ForgeUnreachable,
@@ -149,6 +150,17 @@ def test_secondary_rate_limit_is_waited_out(forge: FakeForge) -> None:
     forge.fail(403, prefix="/api/v3/repos/octo/calc", headers={"retry-after": "1"})
     work = fetch_issue_work("github:octo/calc#1", "", config_for(forge.url), {})
     assert len(work.issue.comments) == 5
+
+
+def test_clone_address_off_the_forge_is_refused(forge: FakeForge) -> None:
+    # A forge answer is data: a clone address of file:// would have host git copy a host
+    # repository into the task.
+    config = HalConfig.model_validate(
+        {"home": "/nonexistent", "forges": {"github": {
+            "base_url": "http://localhost:1", "api_url": f"{forge.url}/api/v3"}}}
+    )  # fmt: skip
+    with pytest.raises(ForgeError, match="clone address off"):
+        fetch_issue_work("github:octo/calc#1", "", config, {})
 
 
 def test_unreachable_forge() -> None:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from hal9999.config import HalConfig
+from hal9999.errors import ForgeError
 from hal9999.forges.base import Issue, IssueRef, Repository, parse_issue_ref
 from hal9999.forges.github import GitHubClient
 from hal9999.forges.gitlab import GitLabClient
@@ -45,7 +47,19 @@ def fetch_issue_work(
         repository = client.repository(ref)
     finally:
         client.close()
+    _same_forge(repository.clone_url, ref)
     return IssueWork(issue, repository, issue_prompt(issue, instructions))
+
+
+def _same_forge(url: str, ref: IssueRef) -> None:
+    """Refuse a clone address off the forge's own (``file://``, another host): host git
+    clones it, and the address is data of the forge's answer."""
+    base, got = urlsplit(ref.forge.base_url), urlsplit(url)
+    if (got.scheme, got.netloc) != (base.scheme, base.netloc) or got.username or got.password:
+        raise ForgeError(
+            f"{ref.forge.kind} gave {ref.project} a clone address off {ref.forge.base_url}",
+            hint=f"check [forges.{ref.forge.kind}] base_url: the forge's own web address",
+        )
 
 
 def issue_prompt(issue: Issue, instructions: str = "") -> str:

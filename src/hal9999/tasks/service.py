@@ -38,6 +38,7 @@ from hal9999.tasks.bringback import forget_incoming
 from hal9999.tasks.claim import claim
 from hal9999.tasks.collect import drop_cut_locks
 from hal9999.tasks.context import Adopted, RunContext, process_spec
+from hal9999.tasks.fromissue import with_issue
 from hal9999.tasks.output import shown_notes
 from hal9999.tasks.plugins import (
     Plugins,
@@ -151,11 +152,12 @@ class TaskService(TaskSecrets):
     # -- create ------------------------------------------------------------------------
     async def create(self, req: RunRequest) -> TaskRecord:
         """Validate the request, create the record and session; the task is ``queued``."""
+        fetched = None
         if req.issue is not None:
-            req = await asyncio.to_thread(self._with_issue, req)
+            req, fetched = await asyncio.to_thread(with_issue, req, self.config, self.environ)
         config, providers = self._check(req)
         source = await gitrepo.resolve_source(req.repo, req.cwd)
-        return self._make(req, config, providers, source)
+        return self._make(req, config, providers, source, notes=[fetched] if fetched else [])
 
     def create_blocking(
         self,
@@ -167,33 +169,13 @@ class TaskService(TaskSecrets):
         executor's threads per submission would cost the daemon's CPU).
         ``named`` is told the task's id before its row exists (a daemon notes what its
         scheduler must run it with: a dispatch may start it before this returns)."""
+        fetched = None
         if req.issue is not None:
-            req = self._with_issue(req)
+            req, fetched = with_issue(req, self.config, self.environ)
         config, providers = self._check(req)
         source = gitrepo.resolve_source_blocking(req.repo, req.cwd)
-        return self._make(req, config, providers, source, named)
-
-    def _with_issue(self, req: RunRequest) -> RunRequest:
-        """``req`` working on its issue: the prompt made of it (the request's own as added
-        instructions), its repository at ``--ref`` or the default branch, and ``issue`` the
-        issue's address. Read with this process's forge tokens, on the host."""
-        from hal9999.forges.issues import fetch_issue_work
-
-        if req.repo is not None:
-            raise UsageError(
-                "--issue and --repo both name the repository",
-                hint="leave --repo out: the issue's repository is cloned",
-            )
-        config = req.config or self.config
-        work = fetch_issue_work(str(req.issue), req.prompt, config, self.environ)
-        return req.model_copy(
-            update={
-                "prompt": work.prompt,
-                "repo": work.repository.clone_url,
-                "ref": req.ref or work.repository.default_branch,
-                "issue": work.issue.url,
-            }
-        )
+        notes: list[Event] = [fetched] if fetched else []
+        return self._make(req, config, providers, source, named, notes)
 
     def _check(self, req: RunRequest) -> tuple[HalConfig, list[str]]:
         """The request's settings and providers, once everything but its source is valid."""
@@ -241,9 +223,10 @@ class TaskService(TaskSecrets):
         providers: list[str],
         source: gitrepo.RepoSource,
         named: Callable[[str], None] | None = None,
+        notes: list[Event] | None = None,
     ) -> TaskRecord:
-        """The record, session and first event of a checked request (with the request's
-        config notes right after it, in the same write of the event log)."""
+        """The record, session and first event of a checked request (with ``notes`` and
+        the request's config notes right after it, in the same write of the event log)."""
         task_id = new_task_id(self.store.has_task)
         if named is not None:
             named(task_id)
@@ -300,7 +283,7 @@ class TaskService(TaskSecrets):
                     ref=req.ref,
                 )
             )
-            for note in config_notes(req.config_sources):
+            for note in [*(notes or []), *config_notes(req.config_sources)]:
                 log.emit(note)
         return record
 
