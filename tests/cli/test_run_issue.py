@@ -114,3 +114,17 @@ def test_private_repository_cloned_with_the_hosts_token(
     # ... and the checkout's config names no header: the token went to git's environment.
     config = (Path(task["session_dir"]) / "workspace" / ".git" / "config").read_text()
     assert "extraHeader" not in config and "Authorization" not in config
+
+
+def test_bad_forge_settings_refused_before_any_task(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path, cli_path: str
+) -> None:
+    # A URL task's clone reads [forges] too: a typo there is refused up front, naming the key.
+    config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[forges.github]\ntoken_envs = ["X"]\n')
+    out = hal("run", "--repo", f"file://{demo_repo}", "--agent", SHOW_PROMPT, "go")
+    assert out.returncode == 2, out.stderr
+    line = one_error_line(out)
+    assert "[forges.github] token_envs" in line and "token_env" in line
+    assert hal("task", "list", "--json").stdout.strip() == "[]"

@@ -110,6 +110,12 @@ def forge_settings(config: HalConfig, kind: ForgeKind) -> Forge:
     )
 
 
+def check_forges(config: HalConfig) -> None:
+    """Refuse a bad ``[forges.*]`` table of ``config``: an unknown forge, a bad key."""
+    for kind in KINDS:
+        forge_settings(config, kind)
+
+
 def _invalid(kind: str, err: Any) -> ConfigError:
     where = ".".join(str(p) for p in err["loc"])
     table = f"[forges.{kind}]"

@@ -190,6 +190,10 @@ class TaskService(TaskSecrets):
             from hal9999.hivesettings import hive_settings
 
             hive_settings(config)
+        if config.forges:  # before any task exists: a URL task's clone reads it too
+            from hal9999.forges.settings import check_forges
+
+            check_forges(config)
         settings = config.agent_settings(req.agent)
         resolve_agent(req.agent, settings)
         check_base_url(req.agent, settings.base_url)  # a config object built past its check
