@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from tests.cli.test_bad_config import quick_path
 from tests.fakes.forge_api import TOKEN, FakeForge
 from tests.forges.conftest import forge as forge  # the fixture
 from tests.support.hal import Hal, one_error_line
@@ -126,5 +127,16 @@ def test_bad_forge_settings_refused_before_any_task(
     out = hal("run", "--repo", f"file://{demo_repo}", "--agent", SHOW_PROMPT, "go")
     assert out.returncode == 2, out.stderr
     line = one_error_line(out)
-    assert "[forges.github] token_envs" in line and "token_env" in line
+    assert f"{config}: [forges.github] token_envs: unknown key" in line, line
+    assert "takes: base_url, api_url, token_env" in line
     assert hal("task", "list", "--json").stdout.strip() == "[]"
+
+
+def test_doctor_names_a_bad_forge_table(hal: Hal, hal_env: dict[str, str]) -> None:
+    config = Path(hal_env["XDG_CONFIG_HOME"], "hal9999", "config.toml")
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text('[forges.gitlab]\nbase_url = "http://gitlab.example"\n[forges.gitea]\n')
+    out = hal("doctor", "--json", env={"PATH": quick_path(hal_env)}, timeout=120)
+    assert out.returncode == 1, out.stdout
+    found = {c["name"]: c for c in json.loads(out.stdout)["checks"]}["config"]
+    assert not found["ok"] and "[forges.gitea] is not a forge hal knows" in found["detail"]

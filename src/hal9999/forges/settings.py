@@ -92,7 +92,7 @@ def forge_settings(config: HalConfig, kind: ForgeKind) -> Forge:
     try:
         given = ForgeSettings.model_validate(config.forges.get(kind, {}))
     except ValidationError as exc:
-        raise with_others([_invalid(kind, err) for err in exc.errors()]) from exc
+        raise with_others([_invalid(kind, err, config) for err in exc.errors()]) from exc
     base = given.base_url or _DEFAULT_BASE[kind]
     api = given.api_url
     if api is None:
@@ -116,12 +116,18 @@ def check_forges(config: HalConfig) -> None:
         forge_settings(config, kind)
 
 
-def _invalid(kind: str, err: Any) -> ConfigError:
+def _invalid(kind: str, err: Any, config: HalConfig) -> ConfigError:
     where = ".".join(str(p) for p in err["loc"])
+    # The file that set it too: a table alone does not say which config file to fix.
+    from hal9999.config_origin import source_at  # an error's path only
+
+    found = source_at(("forges", kind, *map(str, err["loc"])), config._origin)
+    known = found != "config"
     table = f"[forges.{kind}]"
+    place, prefix = (f"{table} of {found}", f"{found}: ") if known else (table, "")
     hint = (
-        setting_hint(err, table, ForgeSettings.model_fields)
+        setting_hint(err, place, ForgeSettings.model_fields)
         if err["type"] == "extra_forbidden"
-        else f"fix it in {table}; see docs/forges.md"
+        else f"fix it in {place}; see docs/forges.md"
     )
-    return ConfigError(f"{table} {where}: {describe(err)}", hint=hint)
+    return ConfigError(f"{prefix}{table} {where}: {describe(err)}", hint=hint)
