@@ -81,6 +81,7 @@ def default_config(home: str | Path) -> dict[str, Any]:
             "egress_only": None, "store_bodies": False,
         },
         "hive": {},
+        "forges": {},
     }  # fmt: skip
 
 

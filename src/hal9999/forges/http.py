@@ -26,6 +26,7 @@ from hal9999.errors import (
     ForgeUnreachable,
 )
 from hal9999.forges.settings import Forge
+from hal9999.providers.cloud.api import default_tls
 
 MAX_PAGES = 50
 """Pages of one listing read at most (an issue with thousands of comments is cut there)."""
@@ -51,9 +52,11 @@ class ForgeHttp:
         if token is not None:
             name, value = auth_header(token[1])
             headers[name] = value
+        # The proxy and CA variables apply, as to every HTTP client of hal's.
         self._client = httpx.Client(
-            base_url=forge.api_url, headers=headers, timeout=forge.timeout_s, trust_env=False
-        )
+            base_url=forge.api_url, headers=headers, timeout=forge.timeout_s,
+            verify=default_tls(),
+        )  # fmt: skip
         self._sleep = sleep
 
     def close(self) -> None:
