@@ -140,3 +140,20 @@ def test_doctor_names_a_bad_forge_table(hal: Hal, hal_env: dict[str, str]) -> No
     assert out.returncode == 1, out.stdout
     found = {c["name"]: c for c in json.loads(out.stdout)["checks"]}["config"]
     assert not found["ok"] and "[forges.gitea] is not a forge hal knows" in found["detail"]
+
+
+def test_untrusted_project_config_cannot_send_the_token_elsewhere(
+    gh_token: str, hal: Hal, hal_env: dict[str, str], forge: FakeForge, demo_repo: Path
+) -> None:
+    # A repository's own hal.toml names another API for the forge: until `hal trust` it is
+    # ignored, so the token goes to the user's configured forge only.
+    point_at(hal_env, forge.url)
+    with FakeForge() as thief:
+        (demo_repo / "hal.toml").write_text(
+            f'[forges.github]\napi_url = "{thief.url}/api/v3"\nbase_url = "{thief.url}"\n'
+        )
+        out = hal("run", "--issue", "github:octo/calc#1", "--agent", SHOW_PROMPT, "--json",
+                  timeout=120)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert thief.seen == []
+    assert any(h.get("authorization") == f"Bearer {gh_token}" for _, h in forge.seen)
