@@ -157,3 +157,22 @@ def test_untrusted_project_config_cannot_send_the_token_elsewhere(
         assert out.returncode == 0, out.stderr
         assert thief.seen == []
     assert any(h.get("authorization") == f"Bearer {gh_token}" for _, h in forge.seen)
+
+
+def test_the_callers_token_reaches_a_daemon_without_one(
+    daemon: Hal, hal_env: dict[str, str], forge: FakeForge
+) -> None:
+    # As the agent's API key goes: the daemon's environment need not hold the forge token;
+    # the client sends its own for the run (the issue's read and the clone), never stored.
+    point_at(hal_env, forge.url)
+    forge.private.add("octo/calc")
+    out = daemon("run", "--issue", "github:octo/calc#1", "--agent", SHOW_PROMPT, "--json",
+                 env={"GH_TOKEN": TOKEN}, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    task = json.loads(out.stdout)
+    assert (Path(task["session_dir"]) / "workspace" / "calc.py").is_file()
+    git_calls = [h for p, h in forge.seen if p.startswith("/git/")]
+    assert git_calls and all(h.get("authorization", "").startswith("Basic ") for h in git_calls)
+    found = subprocess.run(["grep", "-rl", "--", TOKEN, hal_env["HAL_HOME"]],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert found.stdout == "", found.stdout

@@ -158,8 +158,8 @@ def check_options(args: RunArgs) -> None:
 def plan(args: RunArgs, environ: Mapping[str, str]) -> Plan | None:
     """The daemon and config of a thin run; None when the full path must run it."""
     check_options(args)  # both paths plan first
-    if args.as_events or args.egress or args.egress_only:
-        return None
+    if args.as_events or args.egress or args.egress_only or args.issue:
+        return None  # (an issue's: the full client sends the shell's forge tokens)
     if args.agent is not None and not is_template(args.agent):
         return None  # before looking for the daemon: a preset never runs here
     found = thin_daemon(environ)

@@ -135,8 +135,7 @@ class ForgeHttp:
             if self.token_env is None:
                 return ForgeNotFound(
                     f"{kind} has no {what} that hal may read without a token",
-                    hint=f"check the reference; for a private repository set {names} "
-                    "(under hal serve, in the daemon's environment)",
+                    hint=f"check the reference; for a private repository set {names}",
                 )
             cls = ForgeNotFound if status == 404 else ForgeAuthError
             return cls(

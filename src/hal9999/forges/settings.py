@@ -3,6 +3,7 @@ forge is and which host variable holds its token (the token itself is never in a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -72,7 +73,7 @@ class Forge(BaseModel):
     timeout_s: float
     rate_limit_wait_s: float
 
-    def token(self, environ: Any) -> tuple[str, str] | None:
+    def token(self, environ: Mapping[str, str]) -> tuple[str, str] | None:
         """The first set token variable's name and value in ``environ`` (None: none set)."""
         for name in self.token_env:
             value = environ.get(name)
@@ -108,6 +109,18 @@ def forge_settings(config: HalConfig, kind: ForgeKind) -> Forge:
         timeout_s=given.timeout_s,
         rate_limit_wait_s=given.rate_limit_wait_s,
     )
+
+
+def shell_tokens(config: HalConfig, environ: Mapping[str, str]) -> dict[str, str]:
+    """Each forge's token this shell holds, by its variable's name (what a client sends a
+    daemon for an ``--issue`` run, as the API key goes: the daemon's environment need not
+    hold it)."""
+    found: dict[str, str] = {}
+    for kind in KINDS:
+        token = forge_settings(config, kind).token(environ)
+        if token is not None:
+            found[token[0]] = token[1]
+    return found
 
 
 def check_forges(config: HalConfig) -> None:

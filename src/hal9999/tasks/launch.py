@@ -321,7 +321,7 @@ class AgentLauncher:
         if source.kind == "url":  # a forge's token, for a private repository
             from hal9999.forges.gitauth import git_auth_env
 
-            auth = git_auth_env(task.repo, self.config, self.environ)
+            auth = git_auth_env(task.repo, self.config, {**self.environ, **ctx.forge_tokens})
         base = await gitrepo.clone(
             source, task.ref, session.workspace, task.branch, borrow=snap,
             alternates=mirror.ALTERNATES, auth_env=auth,

@@ -154,7 +154,9 @@ class TaskService(TaskSecrets):
         """Validate the request, create the record and session; the task is ``queued``."""
         fetched = None
         if req.issue is not None:
-            req, fetched = await asyncio.to_thread(with_issue, req, self.config, self.environ)
+            req, fetched = await asyncio.to_thread(
+                with_issue, req, self.config, {**self.environ, **req.forge_tokens}
+            )
         config, providers = self._check(req)
         source = await gitrepo.resolve_source(req.repo, req.cwd)
         return self._make(req, config, providers, source, notes=[fetched] if fetched else [])
@@ -171,7 +173,7 @@ class TaskService(TaskSecrets):
         scheduler must run it with: a dispatch may start it before this returns)."""
         fetched = None
         if req.issue is not None:
-            req, fetched = with_issue(req, self.config, self.environ)
+            req, fetched = with_issue(req, self.config, {**self.environ, **req.forge_tokens})
         config, providers = self._check(req)
         source = gitrepo.resolve_source_blocking(req.repo, req.cwd)
         notes: list[Event] = [fetched] if fetched else []
@@ -304,6 +306,7 @@ class TaskService(TaskSecrets):
         handed_from: int | None = None,
         retry: RetryPolicy | None = None,
         upstream_keys: Mapping[str, str] | None = None,
+        forge_tokens: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         """Run a queued task (or carry on an ``adopted`` one) to its end in this process.
 
@@ -312,7 +315,9 @@ class TaskService(TaskSecrets):
         raises :class:`TaskStateError` before anything is written, made or opened. With
         ``retry`` (the daemon's policy), a failure it retries ends the run ``queued`` again
         (see :mod:`hal9999.tasks.retry`). ``upstream_keys`` are the caller's API keys for the
-        gateway (:attr:`RunRequest.upstream_keys`), masked like the task's secrets."""
+        gateway (:attr:`RunRequest.upstream_keys`), masked like the task's secrets;
+        ``forge_tokens`` the caller's forge tokens (:attr:`RunRequest.forge_tokens`), for
+        host git only, masked too."""
         task = self.store.get_task(task_id)
         if task.runner_pid != os.getpid():  # a task this process queued names it already
             task = await asyncio.to_thread(claim, self.store, task_id, handed_from=handed_from)
@@ -332,7 +337,8 @@ class TaskService(TaskSecrets):
                 secrets_env[name] = host_text(name, self.environ[name])
         keys = dict(upstream_keys or {})
         names, found = self.secrets_of(task, {**keys, **secrets_env})
-        masker = self.masker_of([*found.values(), *keys.values()])
+        forge = dict(forge_tokens or {})
+        masker = self.masker_of([*found.values(), *keys.values(), *forge.values()])
         with self.events(task, masker) as events:
             ctx = RunContext(
                 task=task,
@@ -341,6 +347,7 @@ class TaskService(TaskSecrets):
                 masker=masker,
                 secrets=secrets_env,
                 upstream_keys=keys,
+                forge_tokens=forge,
                 on_output=on_output,
                 on_event=on_event,
                 mask_names=tuple(sorted(found)),
