@@ -186,3 +186,16 @@ def test_prompt_quotes_the_issue_as_untrusted(forge: FakeForge) -> None:
     assert "Opened by @alice:" in quoted and "Comment by @bob" in quoted
     assert "keep it small" in lines[:begin] and "not by hal" in prompt
     assert issue_prompt(work.issue) != issue_prompt(work.issue)  # a fresh tag each time
+
+
+def test_gitlab_rate_limit_and_server_errors(forge: FakeForge) -> None:
+    reset = str(int(time.time()) + 900)
+    forge.fail(429, prefix="/api/v4/", headers={"ratelimit-remaining": "0",
+                                               "ratelimit-reset": reset})  # fmt: skip
+    with pytest.raises(ForgeRateLimited):
+        fetch_issue_work("gitlab:team/tools/calc#3", "", config_for(forge.url), {})
+    forge.fail(502, prefix="/api/v4/")
+    with pytest.raises(ForgeUnreachable, match="HTTP 502"):
+        fetch_issue_work("gitlab:team/tools/calc#3", "", config_for(forge.url), {})
+    with pytest.raises(ForgeNotFound, match="gitlab:team/tools/calc#4"):
+        fetch_issue_work("gitlab:team/tools/calc#4", "", config_for(forge.url), {})
