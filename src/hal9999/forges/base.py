@@ -79,6 +79,10 @@ class ForgeClient(Protocol):
         """The repository of ``ref``."""
         ...
 
+    def close(self) -> None:
+        """Close the client's connections."""
+        ...
+
 
 def parse_issue_ref(text: str, config: HalConfig) -> IssueRef:
     """``text`` (``github:OWNER/REPO#N``, ``gitlab:GROUP/PROJECT#N`` or an issue's web

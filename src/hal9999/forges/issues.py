@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 
 from hal9999.config import HalConfig
 from hal9999.errors import ForgeError
-from hal9999.forges.base import Issue, IssueRef, Repository, parse_issue_ref
+from hal9999.forges.base import ForgeClient, Issue, IssueRef, Repository, parse_issue_ref
 from hal9999.forges.github import GitHubClient
 from hal9999.forges.gitlab import GitLabClient
 
@@ -28,7 +28,7 @@ class IssueWork:
     prompt: str
 
 
-def client_for(ref: IssueRef, environ: Mapping[str, str]) -> GitHubClient | GitLabClient:
+def client_for(ref: IssueRef, environ: Mapping[str, str]) -> ForgeClient:
     """The client of ``ref``'s forge, with the host's token from ``environ``."""
     if ref.forge.kind == "github":
         return GitHubClient(ref.forge, environ)
