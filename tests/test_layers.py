@@ -17,7 +17,8 @@ LAYERS: list[set[str]] = [
      "fs", "plugins", "bounds", "runoptions", "hostread", "statuses",
      "hivesettings", "hostlimits"},
     {"events", "store", "failures"},  # records
-    {"providers", "process", "agents", "credentials", "images", "auth", "gateway"},  # adapters
+    # adapters
+    {"providers", "process", "agents", "credentials", "images", "auth", "gateway", "forges"},
     {"pool"},
     {"tasks"},
     {"hive"},

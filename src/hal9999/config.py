@@ -265,6 +265,9 @@ class HalConfig(_Config):
     ``GatewayConfig()`` (``tests/test_config.py``)."""
     hive: dict[str, Any] = Field(default_factory=dict)
     """Hive settings (``[hive]``), validated by :mod:`hal9999.hivesettings`."""
+    forges: dict[str, Any] = Field(default_factory=dict)
+    """Forge settings (``[forges.github]``, ``[forges.gitlab]``: addresses and token
+    variables), validated by :mod:`hal9999.forges.settings`."""
     _origin: dict[tuple[str, ...], str] = PrivateAttr(default_factory=dict)
     # Which file or variable set each key (kept by copies; lost when sent as JSON); read
     # by :mod:`hal9999.config_origin`.

@@ -50,6 +50,11 @@ optional ``hint`` that tells the user how to fix the problem::
     ├── ModelNotAllowed           model_not_allowed  exit 11
     ├── HiveError                 hive_error         exit 12
     │   └── HiveLimited           hive_limited       exit 12
+    ├── ForgeError                forge_error        exit 13
+    │   ├── ForgeAuthError        forge_auth         exit 13
+    │   ├── ForgeNotFound         forge_not_found    exit 13
+    │   ├── ForgeRateLimited      forge_rate_limited exit 13
+    │   └── ForgeUnreachable      forge_unreachable  exit 13
     ├── OutputError               output_failed      exit 74
     ├── TaskTimeout               timed_out          exit 124
     └── TaskCancelled             cancelled          exit 130
@@ -385,6 +390,37 @@ class HiveLimited(HiveError):
     """A hive guard refused the action: the hive budget, a rate limit or a message loop."""
 
     code = "hive_limited"
+
+
+class ForgeError(HalError):
+    """A forge (GitHub, GitLab) refused or failed a request hal made for a task."""
+
+    code = "forge_error"
+    exit_status = 13
+
+
+class ForgeAuthError(ForgeError):
+    """The forge needs a token hal does not have, or refused the one it has."""
+
+    code = "forge_auth"
+
+
+class ForgeNotFound(ForgeError):
+    """The issue or repository does not exist (or is private and no token may see it)."""
+
+    code = "forge_not_found"
+
+
+class ForgeRateLimited(ForgeError):
+    """The forge's rate limit is spent until a time longer than hal waits."""
+
+    code = "forge_rate_limited"
+
+
+class ForgeUnreachable(ForgeError):
+    """The forge could not be reached (name, connection, TLS or a server error)."""
+
+    code = "forge_unreachable"
 
 
 class TaskTimeout(HalError):

@@ -87,6 +87,9 @@ OPTIONS = (
               "Read the prompt from this file ('-': standard input)."),
     RunOption("--repo", "repo", VALUE,
               "Repository path or git URL (default: the current repository).", wire="repo"),
+    RunOption("--issue", "issue", VALUE,
+              "Work on this issue: github:OWNER/REPO#N, gitlab:GROUP/PROJECT#N or its URL "
+              "(its repository is cloned; a PROMPT adds instructions).", wire="issue"),
     RunOption("--ref", "ref", VALUE,
               "Branch, tag or commit to start from (default: the repo's HEAD).", wire="ref"),
     RunOption("--agent", "agent", NAME,

@@ -34,8 +34,10 @@ def service(tmp_path: Path) -> Iterator[TaskService]:
 def queue(submitted: list[str] | None = None) -> Any:
     """A scheduler's intake only (``submitted``: the ids submitted)."""
     found = submitted if submitted is not None else []
-    return SimpleNamespace(submit=lambda task_id, env=None, keys=None: found.append(task_id),
-                           hold=lambda task_id, env=None, keys=None: None)  # fmt: skip
+    return SimpleNamespace(
+        submit=lambda task_id, env=None, keys=None, forge=None: found.append(task_id),
+        hold=lambda task_id, env=None, keys=None, forge=None: None,
+    )
 
 
 async def post(

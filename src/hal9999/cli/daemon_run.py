@@ -81,6 +81,7 @@ def default_config(home: str | Path) -> dict[str, Any]:
             "egress_only": None, "store_bodies": False,
         },
         "hive": {},
+        "forges": {},
     }  # fmt: skip
 
 
@@ -157,8 +158,8 @@ def check_options(args: RunArgs) -> None:
 def plan(args: RunArgs, environ: Mapping[str, str]) -> Plan | None:
     """The daemon and config of a thin run; None when the full path must run it."""
     check_options(args)  # both paths plan first
-    if args.as_events or args.egress or args.egress_only:
-        return None
+    if args.as_events or args.egress or args.egress_only or args.issue:
+        return None  # (an issue's: the full client sends the shell's forge tokens)
     if args.agent is not None and not is_template(args.agent):
         return None  # before looking for the daemon: a preset never runs here
     found = thin_daemon(environ)
@@ -273,7 +274,7 @@ def _post(client: DaemonClient, body: dict[str, Any], args: RunArgs) -> dict[str
     try:
         from hal9999.cli.notices import start_uncommitted
 
-        pending = start_uncommitted(args.repo, args.ref)
+        pending = start_uncommitted(args.repo, args.ref, args.issue)
     except BaseException:
         sent.close()
         raise
@@ -292,7 +293,7 @@ def _post(client: DaemonClient, body: dict[str, Any], args: RunArgs) -> dict[str
 def _note(args: RunArgs, pending: Uncommitted | None = None) -> None:
     from hal9999.cli.notices import print_uncommitted
 
-    print_uncommitted(args.repo, args.ref, pending)
+    print_uncommitted(args.repo, args.ref, pending, args.issue)
 
 
 def request_body(

@@ -33,11 +33,12 @@ def print_notices(
 
 
 def print_uncommitted(
-    repo: str | None, ref: str | None, pending: Uncommitted | None = None
-) -> None:
+    repo: str | None, ref: str | None, pending: Uncommitted | None = None,
+    issue: str | None = None,
+) -> None:  # fmt: skip
     """The line saying what a task started from HEAD leaves out, if anything."""
     if ref is None:
-        left_out = (pending or start_uncommitted(repo, ref)).notice()
+        left_out = (pending or start_uncommitted(repo, ref, issue)).notice()
         if left_out:
             echo(f"hal: note: {left_out}", err=True)
 
@@ -147,10 +148,11 @@ class HostGit(HostChild):
         return io.TextIOWrapper(io.BytesIO(b"".join(chunks)), errors="replace").read()
 
 
-def start_uncommitted(repo: str | None, ref: str | None) -> Uncommitted:
+def start_uncommitted(repo: str | None, ref: str | None, issue: str | None = None) -> Uncommitted:
     """Start the check of what a task started from HEAD of ``repo`` leaves out (nothing to
-    check: a ``ref`` given, a URL, a path that is no directory)."""
-    return Uncommitted(None if ref is not None else _status_dir(repo))
+    check: a ``ref`` given, a URL, an ``issue``, whose repository is cloned, a path that is
+    no directory)."""
+    return Uncommitted(None if ref is not None or issue else _status_dir(repo))
 
 
 def _status_dir(repo: str | None) -> str | None:

@@ -15,8 +15,11 @@ MAX_PROMPT_BYTES = 8 * 1024 * 1024
 _HOW = 'hal run "PROMPT", hal run - < FILE, or hal run --prompt-file FILE'
 
 
-def read_prompt(prompt: str | None, prompt_file: str | None, stdin: BinaryIO) -> str:
-    """The prompt text from exactly one source; bad or empty input is a :class:`UsageError`."""
+def read_prompt(
+    prompt: str | None, prompt_file: str | None, stdin: BinaryIO, *, optional: bool = False
+) -> str:
+    """The prompt text from exactly one source; bad or empty input is a :class:`UsageError`.
+    ``optional`` (``--issue``, whose issue is the work): none given is ``""``."""
     if prompt is not None and prompt_file is not None:
         raise UsageError("the prompt is given twice (PROMPT and --prompt-file)", hint=_HOW)
     if prompt_file == "-" or (prompt_file is None and prompt == "-"):
@@ -26,6 +29,8 @@ def read_prompt(prompt: str | None, prompt_file: str | None, stdin: BinaryIO) ->
 
         text = _decode(_read_file(Path(prompt_file)), f"--prompt-file {prompt_file}")
     elif prompt is None:
+        if optional:
+            return ""
         raise UsageError("no prompt given", hint=_HOW)
     else:
         text = prompt

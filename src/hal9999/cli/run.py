@@ -49,7 +49,8 @@ def run(prompt: str | None, **params: Any) -> None:
     from hal9999.cli.prompt import read_prompt
 
     prompt_file = params.pop("prompt_file")
-    args = RunArgs(prompt=read_prompt(prompt, prompt_file, sys.stdin.buffer), **params)
+    text = read_prompt(prompt, prompt_file, sys.stdin.buffer, optional=bool(params.get("issue")))
+    args = RunArgs(prompt=text, **params)
     if not thin_run(args):
         from hal9999.cli.run_full import full_run
 

@@ -95,7 +95,8 @@ def run_without_click(argv: list[str]) -> None:
 
         # What the click command does, in its order: the prompt, then the thin path or
         # the full one.
-        args = args.replace(prompt=read_prompt(prompt, prompt_file, sys.stdin.buffer))
+        text = read_prompt(prompt, prompt_file, sys.stdin.buffer, optional=bool(args.issue))
+        args = args.replace(prompt=text)
         found = plan(args, os.environ)
         if found is not None:
             run_planned(args, found, os.environ)

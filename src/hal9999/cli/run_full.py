@@ -49,7 +49,8 @@ def full_run(args: RunArgs) -> None:
     """``hal run`` with the config, the store and the task API (in-process or the daemon's)."""
     from hal9999.cli.notices import start_uncommitted
 
-    pending = start_uncommitted(args.repo, args.ref)  # runs while the imports below load
+    # It runs while the imports below load.
+    pending = start_uncommitted(args.repo, args.ref, args.issue)
     early = open_early_pane(args)
     try:
         _full_run(args, pending)

@@ -33,7 +33,7 @@ FIELDS = (
     ("timeout_s", OPT_FLOAT), ("input_tokens", INT), ("output_tokens", INT),
     ("cost_usd", OPT_FLOAT), ("files_changed", INT), ("env_keys", NAMES), ("resumes", INT),
     ("priority", INT), ("providers", STRS), ("retries", INT), ("agent_retries", INT),
-    ("infra_retries", INT), ("not_before", OPT_FLOAT),
+    ("infra_retries", INT), ("not_before", OPT_FLOAT), ("issue", OPT_STR),
 )  # fmt: skip
 """``TaskRecord``'s fields in its order, each with its kind (a test keeps them equal)."""
 STORE_ONLY = frozenset({"runner_started"})

@@ -71,6 +71,8 @@ class TaskSummary(TaskRow, Protocol):
     def error_message(self) -> str | None: ...
     @property
     def session_dir(self) -> str: ...
+    @property
+    def issue(self) -> str | None: ...
 
 
 _CONTROLS = {**dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], "?"), **SPELLED_OUT}
@@ -174,6 +176,7 @@ def summary(task: TaskSummary) -> str:
         + (f" (exit {task.exit_code})" if task.exit_code is not None else ""),
         f"agent     {one_line(task.agent)} on {task.provider}",
         f"repo      {one_line(task.repo)}" + (f" @ {one_line(task.ref)}" if task.ref else ""),
+        *([f"issue     {one_line(task.issue)}"] if task.issue else []),
         f"branch    {branch_shown(task)}",
         f"duration  {duration(task)}",
         f"files     {task.files_changed} changed",

@@ -37,6 +37,18 @@ class TaskCreated(_Event):
     ref: str | None = None
 
 
+class IssueFetched(_Event):
+    """The issue the task works on was read from its forge (``hal run --issue``)."""
+
+    type: Literal["issue_fetched"] = "issue_fetched"
+    issue: str
+    """The reference, ``github:OWNER/REPO#N`` or ``gitlab:GROUP/PROJECT#N``."""
+    url: str
+    """The issue's web address."""
+    comments: int = 0
+    """Comments (GitLab: notes people wrote) put in the prompt."""
+
+
 class Phase(_Event):
     """The task moved to another state."""
 
@@ -176,6 +188,7 @@ class TaskEnd(_Event):
 
 Event = Annotated[
     TaskCreated
+    | IssueFetched
     | Phase
     | SandboxAcquired
     | Output
@@ -195,7 +208,7 @@ Event = Annotated[
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event, config=ConfigDict(defer_build=True))
 """Validates any event. Built on first use, as every model here is (``defer_build``): a
 plain ``hal run`` makes five kinds of event and reads back none through the union, and
-building all fourteen models and the union would be much of its start."""
+building all fifteen models and the union would be much of its start."""
 
 _BY_TYPE: dict[str, type[_Event]] = {
     model.model_fields["type"].default: model for model in get_args(get_args(Event)[0])

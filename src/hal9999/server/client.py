@@ -453,6 +453,10 @@ class DaemonTaskAPI:
         """Queue the task with the daemon (with this shell's secrets and settings)."""
         keys = upstream_keys(self.config, request["agent"], self.environ)
         body = run_body(request, client_secrets(self.config, request, self.environ), keys)
+        if request.get("issue"):  # the issue is read, and its repository cloned, with them
+            from hal9999.forges.settings import shell_tokens
+
+            body["forge_tokens"] = shell_tokens(self.config, self.environ)
         return _record(await self.client.call("POST", "/v1/tasks", body))
 
     async def run(

@@ -391,4 +391,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE tasks ADD COLUMN runner_started INTEGER;
         """,
     ),
+    Migration(
+        15,
+        "task issue",
+        """
+        -- The issue a task works on (hal run --issue), by its web address.
+        ALTER TABLE tasks ADD COLUMN issue TEXT;
+        """,
+    ),
 )

@@ -92,6 +92,8 @@ class TaskRecord(BaseModel):
     """Infrastructure failures (sandbox, provider, process) retried so far."""
     not_before: float | None = None
     """Unix time before which the queued task is not started (retry backoff)."""
+    issue: str | None = None
+    """The web address of the issue the task works on (``hal run --issue``)."""
 
     @field_validator("env_keys")
     @classmethod

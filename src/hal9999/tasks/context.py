@@ -112,6 +112,9 @@ class RunContext:
     """The caller's API keys for the gateway, by variable name (a daemon's client sends
     them): read by the gateway's route, never part of the agent's environment (an agent
     with no route, going direct, takes its own key variable from here)."""
+    forge_tokens: dict[str, str]
+    """The caller's forge tokens by variable name (:attr:`RunRequest.forge_tokens`): host
+    git's only (the clone), never the sandbox's."""
     on_output: Callable[[str], None] | None
     """Called with each chunk of (masked) output as it is read."""
     on_event: Callable[[Event], None] | None
@@ -180,6 +183,7 @@ class RunContext:
         secrets: dict[str, str],
         on_output: Callable[[str], None] | None = None,
         upstream_keys: dict[str, str] | None = None,
+        forge_tokens: dict[str, str] | None = None,
         on_event: Callable[[Event], None] | None = None,
         mask_names: tuple[str, ...] = (),
         checks_patch: bool = False,
@@ -203,6 +207,7 @@ class RunContext:
         self.masker = masker
         self.secrets = secrets
         self.upstream_keys = {} if upstream_keys is None else upstream_keys
+        self.forge_tokens = {} if forge_tokens is None else forge_tokens
         self.on_output = on_output
         self.on_event = on_event
         self.mask_names = mask_names

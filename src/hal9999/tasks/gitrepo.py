@@ -309,8 +309,12 @@ async def clone(
     *,
     borrow: Path | None = None,
     alternates: str | None = None,
+    auth_env: Mapping[str, str] | None = None,
 ) -> str:
     """Clone ``source`` at ``ref`` into ``dest`` on a new ``branch``; return the base commit.
+
+    ``auth_env`` is added to the clone's environment only (a forge's token for a URL
+    source, :func:`hal9999.forges.gitauth.git_auth_env`): the checkout keeps none of it.
 
     With ``borrow`` (a snapshot of the local source, :mod:`hal9999.tasks.mirror`) the clone
     is ``--shared`` from it: its objects stay in the snapshot (the caller points the
@@ -343,6 +347,7 @@ async def clone(
             ["clone", "--quiet", how, *_CLONE_IDENTITY, "--", origin, str(dest)],
             what=f"cloning {location}",
             dies_with_hal=True,
+            env=auth_env if source.kind == "url" else None,
         )
     # dest itself may already belong to the sandbox's own uid (hal as root); what is in it
     # was just made by this clone, so host git may work there. By its real path, the one git

@@ -317,9 +317,14 @@ class AgentLauncher:
         if _has_entries(session.workspace):  # a fresh task's is empty: no thread hop
             await asyncio.to_thread(_empty, session.workspace)
         source = gitrepo.RepoSource(task.repo_kind, task.repo)
+        auth = None
+        if source.kind == "url":  # a forge's token, for a private repository
+            from hal9999.forges.gitauth import git_auth_env
+
+            auth = git_auth_env(task.repo, self.config, {**self.environ, **ctx.forge_tokens})
         base = await gitrepo.clone(
             source, task.ref, session.workspace, task.branch, borrow=snap,
-            alternates=mirror.ALTERNATES,
+            alternates=mirror.ALTERNATES, auth_env=auth,
         )  # fmt: skip
         if snap is not None and not mirror.alternates_pointed(session.workspace):
             await asyncio.to_thread(mirror.point_alternates, session.workspace)

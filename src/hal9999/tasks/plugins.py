@@ -179,6 +179,7 @@ def check_sections(config: HalConfig, environ: Mapping[str, str]) -> None:
 def section_problems(config: HalConfig, environ: Mapping[str, str]) -> list[HalError]:
     """Every problem :func:`check_sections` finds, each a line (each bad table, each bad key
     of it), in its order, none twice: ``hal doctor`` says them all in one run."""
+    from hal9999.forges.settings import check_forges
     from hal9999.hivesettings import hive_settings
     from hal9999.pool.settings import provider_settings, scheduler_settings
     from hal9999.process.caplog import log_cap_from
@@ -192,6 +193,7 @@ def section_problems(config: HalConfig, environ: Mapping[str, str]) -> list[HalE
         partial(scheduler_settings, config, environ),
         partial(log_cap_from, environ),
         partial(hive_settings, config),
+        partial(check_forges, config),
         partial(config_totals, config, environ),
     ]  # fmt: skip
     pooled = [name for name, table in config.pool.items() if isinstance(table, dict)]

@@ -101,7 +101,8 @@ WIRE = "wire"
 """Context key: the data is a wire body (a caller's JSON), not a hal-built request."""
 DEFAULTS = "defaults"
 """Context key: the :class:`HalConfig` whose defaults fill what the body leaves out."""
-_EMPTY_WHEN_NULL = ("env_names", "env", "upstream_keys", "secret_names", "literal_env",
+_EMPTY_WHEN_NULL = ("env_names", "env", "upstream_keys", "forge_tokens", "secret_names",
+                    "literal_env",
                     "egress", "config_files", "priority", "retries", "agent", "provider",
                     "process_manager")  # fmt: skip
 """Wire fields where null means "left out" (the default applies)."""
@@ -128,6 +129,9 @@ class RunRequest(BaseModel):
     """Repository path or URL (default: the repository of ``cwd``)."""
     ref: PathText = None
     """Branch, tag or commit."""
+    issue: PathText = None
+    """An issue to work on (``github:OWNER/REPO#N``, ``gitlab:GROUP/PROJECT#N`` or its web
+    address): read from its forge where the request is executed, its repository cloned."""
     cwd: Annotated[Path, Field(strict=False), AfterValidator(_path_no_nul)] = Field(
         default_factory=Path.cwd
     )
@@ -150,6 +154,10 @@ class RunRequest(BaseModel):
     it; never stored): the LLM gateway's key for the task, kept out of ``given_env`` so it
     never reaches the agent's environment (only an agent that goes direct, with no gateway
     route, is given it, as it must be)."""
+    forge_tokens: dict[EnvName, EnvValue] = Field(default_factory=_empty_dict)
+    """The caller's forge tokens by variable name (a daemon's client sends them for an
+    ``--issue`` run; never stored): the issue is read and its repository cloned with them,
+    on the host only, before the daemon's own."""
     secret_names: list[EnvName] = Field(default_factory=_empty_list)
     """Host variables marked secret (``--secret NAME``): forwarded and always masked."""
     literal_names: list[EnvName] | None = Field(default=None, alias="literal_env")

@@ -44,6 +44,8 @@ class Submission:
     prompt: str | None = None
     keys: dict[str, str] = field(default_factory=dict)
     """The caller's upstream keys (:attr:`RunRequest.upstream_keys`): the gateway's only."""
+    forge: dict[str, str] = field(default_factory=dict)
+    """The caller's forge tokens (:attr:`RunRequest.forge_tokens`): host git's only."""
 
 
 class Scheduler:
@@ -87,9 +89,10 @@ class Scheduler:
         env: Mapping[str, str] | None = None,
         prompt: str | None = None,
         keys: Mapping[str, str] | None = None,
+        forge: Mapping[str, str] | None = None,
     ) -> None:
         """Note a newly queued task (and its in-memory secrets) and wake the loop."""
-        self.hold(task_id, env, prompt, keys)
+        self.hold(task_id, env, prompt, keys, forge)
         self.wake()
 
     def hold(
@@ -98,11 +101,14 @@ class Scheduler:
         env: Mapping[str, str] | None = None,
         prompt: str | None = None,
         keys: Mapping[str, str] | None = None,
+        forge: Mapping[str, str] | None = None,
     ) -> None:
         """Note what a task is to run with before it is queued, from any thread (a dict
         write, no wake): a dispatch woken by another task's end may start it between its
         row's write and :meth:`submit`, and must not start it without its env."""
-        self.submissions[task_id] = Submission(dict(env or {}), prompt, dict(keys or {}))
+        self.submissions[task_id] = Submission(
+            dict(env or {}), prompt, dict(keys or {}), dict(forge or {})
+        )
 
     def wake(self) -> None:
         """Look at the queue again soon."""
@@ -212,6 +218,7 @@ class Scheduler:
                 task_id,
                 given_env=submission.env,
                 upstream_keys=submission.keys,
+                forge_tokens=submission.forge,
                 prompt=submission.prompt,
                 adopted=adopted,
                 retry=self.retry,

@@ -62,17 +62,17 @@ class ServedTaskAPI:
         if not isinstance(request, RunRequest):
             request = run_request(request, self.service.config)
         mine = request.model_copy(update={"runner_pid": os.getpid()})
-        env, keys = request.given_env, request.upstream_keys
+        env, keys, forge = request.given_env, request.upstream_keys, request.forge_tokens
         scheduler = self.scheduler
 
         def hold(task_id: str) -> None:
             # Its env is the scheduler's before its row is (Scheduler.hold).
-            scheduler.hold(task_id, env, keys=keys)
+            scheduler.hold(task_id, env, keys=keys, forge=forge)
             if named is not None:
                 named(task_id)
 
         task = await asyncio.to_thread(self.service.create_blocking, mine, hold)
-        scheduler.submit(task.id, env, keys=keys)
+        scheduler.submit(task.id, env, keys=keys, forge=forge)
         return task
 
     async def run(

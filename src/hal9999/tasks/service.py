@@ -38,6 +38,7 @@ from hal9999.tasks.bringback import forget_incoming
 from hal9999.tasks.claim import claim
 from hal9999.tasks.collect import drop_cut_locks
 from hal9999.tasks.context import Adopted, RunContext, process_spec
+from hal9999.tasks.fromissue import with_issue
 from hal9999.tasks.output import shown_notes
 from hal9999.tasks.plugins import (
     Plugins,
@@ -151,9 +152,14 @@ class TaskService(TaskSecrets):
     # -- create ------------------------------------------------------------------------
     async def create(self, req: RunRequest) -> TaskRecord:
         """Validate the request, create the record and session; the task is ``queued``."""
+        fetched = None
+        if req.issue is not None:
+            req, fetched = await asyncio.to_thread(
+                with_issue, req, self.config, {**self.environ, **req.forge_tokens}
+            )
         config, providers = self._check(req)
         source = await gitrepo.resolve_source(req.repo, req.cwd)
-        return self._make(req, config, providers, source)
+        return self._make(req, config, providers, source, notes=[fetched] if fetched else [])
 
     def create_blocking(
         self,
@@ -165,9 +171,13 @@ class TaskService(TaskSecrets):
         executor's threads per submission would cost the daemon's CPU).
         ``named`` is told the task's id before its row exists (a daemon notes what its
         scheduler must run it with: a dispatch may start it before this returns)."""
+        fetched = None
+        if req.issue is not None:
+            req, fetched = with_issue(req, self.config, {**self.environ, **req.forge_tokens})
         config, providers = self._check(req)
         source = gitrepo.resolve_source_blocking(req.repo, req.cwd)
-        return self._make(req, config, providers, source, named)
+        notes: list[Event] = [fetched] if fetched else []
+        return self._make(req, config, providers, source, named, notes)
 
     def _check(self, req: RunRequest) -> tuple[HalConfig, list[str]]:
         """The request's settings and providers, once everything but its source is valid."""
@@ -182,6 +192,10 @@ class TaskService(TaskSecrets):
             from hal9999.hivesettings import hive_settings
 
             hive_settings(config)
+        if config.forges:  # before any task exists: a URL task's clone reads it too
+            from hal9999.forges.settings import check_forges
+
+            check_forges(config)
         settings = config.agent_settings(req.agent)
         resolve_agent(req.agent, settings)
         check_base_url(req.agent, settings.base_url)  # a config object built past its check
@@ -215,9 +229,10 @@ class TaskService(TaskSecrets):
         providers: list[str],
         source: gitrepo.RepoSource,
         named: Callable[[str], None] | None = None,
+        notes: list[Event] | None = None,
     ) -> TaskRecord:
-        """The record, session and first event of a checked request (with the request's
-        config notes right after it, in the same write of the event log)."""
+        """The record, session and first event of a checked request (with ``notes`` and
+        the request's config notes right after it, in the same write of the event log)."""
         task_id = new_task_id(self.store.has_task)
         if named is not None:
             named(task_id)
@@ -243,6 +258,7 @@ class TaskService(TaskSecrets):
             timeout_s=req.timeout_s,
             env_keys=list(iter_unique(req.env_names, req.secret_names, config.forward_env)),
             runner_pid=req.runner_pid,
+            issue=req.issue,
         )
         literal = req.given_env if req.literal_names is None else req.literal_names
         if literal or req.secret_names:  # none: a missing file reads as none (a file fewer)
@@ -273,7 +289,7 @@ class TaskService(TaskSecrets):
                     ref=req.ref,
                 )
             )
-            for note in config_notes(req.config_sources):
+            for note in [*(notes or []), *config_notes(req.config_sources)]:
                 log.emit(note)
         return record
 
@@ -290,6 +306,7 @@ class TaskService(TaskSecrets):
         handed_from: int | None = None,
         retry: RetryPolicy | None = None,
         upstream_keys: Mapping[str, str] | None = None,
+        forge_tokens: Mapping[str, str] | None = None,
     ) -> TaskRecord:
         """Run a queued task (or carry on an ``adopted`` one) to its end in this process.
 
@@ -298,7 +315,9 @@ class TaskService(TaskSecrets):
         raises :class:`TaskStateError` before anything is written, made or opened. With
         ``retry`` (the daemon's policy), a failure it retries ends the run ``queued`` again
         (see :mod:`hal9999.tasks.retry`). ``upstream_keys`` are the caller's API keys for the
-        gateway (:attr:`RunRequest.upstream_keys`), masked like the task's secrets."""
+        gateway (:attr:`RunRequest.upstream_keys`), masked like the task's secrets;
+        ``forge_tokens`` the caller's forge tokens (:attr:`RunRequest.forge_tokens`), for
+        host git only, masked too."""
         task = self.store.get_task(task_id)
         if task.runner_pid != os.getpid():  # a task this process queued names it already
             task = await asyncio.to_thread(claim, self.store, task_id, handed_from=handed_from)
@@ -318,7 +337,8 @@ class TaskService(TaskSecrets):
                 secrets_env[name] = host_text(name, self.environ[name])
         keys = dict(upstream_keys or {})
         names, found = self.secrets_of(task, {**keys, **secrets_env})
-        masker = self.masker_of([*found.values(), *keys.values()])
+        forge = dict(forge_tokens or {})
+        masker = self.masker_of([*found.values(), *keys.values(), *forge.values()])
         with self.events(task, masker) as events:
             ctx = RunContext(
                 task=task,
@@ -327,6 +347,7 @@ class TaskService(TaskSecrets):
                 masker=masker,
                 secrets=secrets_env,
                 upstream_keys=keys,
+                forge_tokens=forge,
                 on_output=on_output,
                 on_event=on_event,
                 mask_names=tuple(sorted(found)),

@@ -1,0 +1,1 @@
+"""Forges (GitHub, GitLab): one client protocol (:mod:`.base`), a module per forge."""
