@@ -165,6 +165,7 @@ async def gather() -> list[Check]:
         *home,
         await _tool("git", ["git", "--version"], "apt-get install git"),
         await _tool("tmux", ["tmux", "-V"], "apt-get install tmux"),
+        *_helpers(),
     ]
     for name, hook in hooks:
         if name == default:
@@ -176,6 +177,41 @@ async def gather() -> list[Check]:
     if usable:
         checks.append(_pm2())
     return checks
+
+
+HELPERS_FIX = (
+    "from a hal source checkout: bash scripts/setup.sh (gcc) builds them into its build/, "
+    "where a hal installed from that checkout (uv sync, pip install -e .) finds them; "
+    "a wheel install has none and hal works without them"
+)
+"""How to get the C helpers: they are built from ``scripts/*.c`` beside ``src``, never
+shipped in the pure-Python wheel."""
+
+
+def _helpers() -> list[Check]:
+    """The three C helpers ``scripts/setup.sh`` builds: found where hal looks for them, or
+    what running without each costs (a warning: hal has a fallback for every one)."""
+    from hal9999.process.tmux import NO_UTMP_BUILT
+    from hal9999.providers.host.exec import LAUNCH_HELPER_BUILT, launch_helper
+    from hal9999.providers.host.user import DROP_HELPER_BUILT, drop_helper, trusted_program
+
+    found = {
+        "hal-launch": (launch_helper(), LAUNCH_HELPER_BUILT,
+                       "every sandbox command starts through sh instead, and idle bwrap "
+                       "sandboxes keep no namespaces warm (a warm task's commands each start "
+                       "bwrap)"),
+        "hal-drop": (drop_helper(), DROP_HELPER_BUILT,
+                     "as root, bwrap sandboxes switch to their uid with setpriv instead "
+                     "(slower per command)"),
+        "hal-noutmp": (trusted_program(NO_UTMP_BUILT), NO_UTMP_BUILT,
+                       "tmux records each agent's pane as a login in utmp (who, last)"),
+    }  # fmt: skip
+    return [
+        Check(f"helper {name}", True, path, required=False)
+        if path is not None
+        else Check(f"helper {name}", False, f"not built ({where}): {cost}", HELPERS_FIX, False)
+        for name, (path, where, cost) in found.items()
+    ]
 
 
 DEFAULT_PROVIDER: str = HalConfig.model_fields["default_provider"].default
