@@ -221,11 +221,11 @@ def route_for(
         return None
     upstream, key_env = chosen
     max_tokens, max_cost_usd = load_budget(budget) if budget is not None else (None, None)
-    key = (keys or {}).get(key_env) or secrets.get(key_env) or environ.get(key_env)
-    if not key:  # hal auth claude login (its module imports httpx: only when needed)
-        from hal9999.auth.upstream import stored_key
-
-        key = stored_key(config.home, agent.name, key_env)
+    key = (
+        (keys or {}).get(key_env)
+        or secrets.get(key_env)
+        or host_key(config, agent, key_env, environ)
+    )
     if not key:
         return None
     check_base_url(agent.name, upstream)  # never the agent going direct with the key
@@ -346,6 +346,30 @@ def _task_file(run_dir: Path) -> dict[str, object]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def host_key(config: HalConfig, agent: Agent, key_env: str, environ: Mapping[str, str]) -> str:
+    """``agent``'s key from ``environ``'s ``key_env``, else a ``hal auth`` sign-in stored
+    under the home ('' when neither has one)."""
+    key = environ.get(key_env)
+    if key:
+        return key
+    from hal9999.auth.upstream import stored_key  # it imports httpx: only when needed
+
+    return stored_key(config.home, agent.name, key_env) or ""
+
+
+def missing_key(config: HalConfig, agent: Agent, environ: Mapping[str, str]) -> str | None:
+    """The host variable ``agent``'s LLM gateway would take its key from when neither
+    ``environ`` nor a ``hal auth`` sign-in has one; None when one is there, or when the agent
+    does not go through the gateway."""
+    choose = getattr(agent, "gateway_upstream", None)
+    if not config.gateway.enabled or choose is None:
+        return None
+    chosen: tuple[str, str] | None = choose(config.agent_settings(agent.name))
+    if chosen is None or host_key(config, agent, chosen[1], environ):
+        return None
+    return chosen[1]
 
 
 def goes_through_gateway(config: HalConfig, agent: Agent, environ: Mapping[str, str]) -> bool:

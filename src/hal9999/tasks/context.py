@@ -340,22 +340,34 @@ def memory_killed(ctx: RunContext, agent: str) -> AgentFailed | None:
     )
 
 
-def offline_warning(config: HalConfig, agent: Agent) -> str:
+def offline_warning(config: HalConfig, agent: Agent, *, daemon: bool = False) -> str:
     """Why an API-calling agent in a sandbox without network is likely to fail, and the fix:
     where the LLM gateway would carry its calls, the key the gateway lacks (a sandbox with
-    network would only hand the agent a key it does not have either); else the network."""
+    network would only hand the agent a key it does not have either); else the network.
+    ``daemon``: the key was looked for in ``hal serve``'s own environment (a hive turn's),
+    not in the shell of whoever started the run."""
     settings = config.agent_settings(agent.name)
     choose = getattr(agent, "gateway_upstream", None)
     chosen = choose(settings) if choose is not None and config.gateway.enabled else None
     if chosen is not None:
-        key_env = chosen[1]
-        login = " or `hal auth claude login`" if agent.name == "claude" else ""
-        return (
-            f"agent {agent.name} has no API key: {key_env} is not set here (hal's LLM gateway "
-            f"calls the API from the host, so the sandbox needs no network): export "
-            f"{key_env}=...{login}"
-        )
+        return missing_key_line(agent.name, chosen[1], daemon=daemon)
     return (
         f"agent {agent.name} calls an LLM API but the sandbox has no network (network = "
         '"none"): set network = "host" in hal.toml or HAL_NETWORK=host'
+    )
+
+
+def missing_key_line(agent: str, key_env: str, *, daemon: bool = False) -> str:
+    """That ``agent`` has no API key in ``key_env``, where it was looked for, and the fix."""
+    login = " or `hal auth claude login`" if agent == "claude" else ""
+    if daemon:
+        return (
+            f"agent {agent} has no API key: {key_env} is not set in hal serve's environment "
+            f"(a hive agent's calls take the key hal serve was started with; hal's LLM gateway "
+            f"keeps it on the host): restart hal serve with {key_env}=... exported{login}"
+        )
+    return (
+        f"agent {agent} has no API key: {key_env} is not set here (hal's LLM gateway "
+        f"calls the API from the host, so the sandbox needs no network): export "
+        f"{key_env}=...{login}"
     )
