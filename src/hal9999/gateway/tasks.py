@@ -179,13 +179,39 @@ class GatewayRoute:
                 hint=f"see `hal task requests {self.grant.task_id}`; raise --max-cost or "
                 "--max-tokens (or [gateway] budgets) and `hal task resume` it",
             )
-        if store.gateway_refused(self.grant.task_id, "model_not_allowed"):
+        refused = store.gateway_refused_models(self.grant.task_id, "model_not_allowed")
+        if refused or store.gateway_refused(self.grant.task_id, "model_not_allowed"):
+            return self._model_refused(refused)
+        return None
+
+    def _model_refused(self, models: list[str]) -> ModelNotAllowed:
+        """The error of a run whose calls to ``models`` the gateway refused: each named with
+        why (outside ``[gateway] models``, or unpriced under a cost budget) and the fix."""
+        see = f"see `hal task requests {self.grant.task_id}`"
+        allowed = self.grant.models
+        if not models:
             return ModelNotAllowed(
                 "the agent asked for a model outside the allow-list ([gateway] models), or "
                 "for one with no price under a cost budget ([gateway.prices])",
-                hint=f"see `hal task requests {self.grant.task_id}`",
+                hint=see,
             )
-        return None
+        outside = [m for m in models if allowed is not None and m not in allowed]
+        unpriced = [m for m in models if m not in outside]
+        if outside:
+            named = ", ".join(repr(m) for m in outside)
+            return ModelNotAllowed(
+                f"the LLM gateway refused model {named}: not in the allow-list "
+                f"([gateway] models: {', '.join(allowed or [])})",
+                hint=f"add it to [gateway] models, or give the agent an allowed model; {see}",
+            )
+        named = ", ".join(repr(m) for m in unpriced)
+        first = unpriced[0]
+        return ModelNotAllowed(
+            f"the LLM gateway refused model {named}: it has no price, and the task has a cost "
+            "budget no unpriced call would count against",
+            hint=f'give it a price in [gateway.prices."{first}"] (input and output, USD per '
+            f"million tokens), or run without --max-cost; {see}",
+        )
 
     async def settle(self) -> None:
         """Wait until the gateway has recorded every call of the run so far."""

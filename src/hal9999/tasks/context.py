@@ -78,12 +78,28 @@ class Totals:
     This module's classes are plain classes, not dataclasses: the methods a dataclass
     generates are compiled per class, at the import of every in-process ``hal run``."""
 
-    __slots__ = ("cost_usd", "input_tokens", "output_tokens")
+    __slots__ = ("agent_cost_usd", "cost_usd", "input_tokens", "output_tokens")
 
     def __init__(self) -> None:
         self.input_tokens = 0
         self.output_tokens = 0
         self.cost_usd: float | None = None
+        self.agent_cost_usd: float | None = None
+        """The cost the agent reported itself, where the gateway measures the run: the
+        run's cost when the gateway had no price for its model (rather than none)."""
+
+    def add_reported(self, usage: Usage) -> None:
+        """Fold in the cost of one usage event the agent reported of a run the gateway
+        measures (its tokens are the gateway's to count)."""
+        if usage.total:
+            self.agent_cost_usd = usage.cost_usd
+        elif usage.cost_usd is not None:
+            self.agent_cost_usd = (self.agent_cost_usd or 0.0) + usage.cost_usd
+
+    @property
+    def known_cost(self) -> float | None:
+        """The run's cost: measured, else as the agent reported it, else None."""
+        return self.cost_usd if self.cost_usd is not None else self.agent_cost_usd
 
     def add(self, usage: Usage) -> None:
         """Fold one usage event in; a run total replaces the running sum."""
