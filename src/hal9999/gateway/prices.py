@@ -160,8 +160,8 @@ def lookup(model: str | None, extra: Mapping[str, Mapping[str, float]]) -> dict[
 
 
 class PriceBook:
-    """Prices looked up once per task and model, not once per call (the table is merged with
-    the task's ``[gateway.prices]`` and searched by prefix)."""
+    """Prices looked up once per task and model, not once per call (:func:`lookup`: the
+    task's ``[gateway.prices]``, the maintained data, the shipped table)."""
 
     def __init__(self) -> None:
         self._found: dict[tuple[str, str | None], dict[str, float] | None] = {}
