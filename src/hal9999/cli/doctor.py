@@ -170,7 +170,8 @@ async def gather() -> list[Check]:
     for name, hook in hooks:
         if name == default:
             checks += await hook.doctor(_scope(name, config, usable))
-    checks += await asyncio.gather(*(_agent(name) for name in available_agents()))
+    agents = await asyncio.gather(*(_agent(name, config) for name in available_agents()))
+    checks += [check for found in agents for check in found]
     for name, hook in hooks:
         if name != default:
             checks += await hook.doctor(_scope(name, config, usable))
@@ -243,13 +244,14 @@ def _pm2() -> Check:
     return Check("pm2", True, found, required=False)
 
 
-async def _agent(name: str) -> Check:
-    """An agent CLI: installed?, its version, and the version hal is tested with. A preset
-    that cannot be loaded is a warning of its own; the others are checked."""
+async def _agent(name: str, config: HalConfig | HalError) -> list[Check]:
+    """An agent CLI: installed?, its version, and the version hal is tested with; for an
+    installed one, whether its API key is there. A preset that cannot be loaded is a
+    warning of its own; the others are checked."""
     try:
         agent = resolve_agent(name)
     except HalError as exc:
-        return Check(f"agent {name}", False, exc.message, exc.hint, required=False)
+        return [Check(f"agent {name}", False, exc.message, exc.hint, required=False)]
     tested: str | None = getattr(agent, "tested_version", None)
     fix = agent.install_hint
     if tested is not None:
@@ -257,7 +259,31 @@ async def _agent(name: str) -> Check:
     check = await _tool(f"agent {name}", [agent.program, "--version"], fix, required=False)
     if check.ok and tested is not None and tested not in check.detail:
         check.detail += f" (hal is tested with {tested})"
-    return check
+    if not check.ok or isinstance(config, HalError):
+        return [check]
+    key = _key(name, config)
+    return [check] if key is None else [check, key]
+
+
+def _key(name: str, config: HalConfig) -> Check | None:
+    """Whether the API key of preset ``name`` is there for its LLM gateway (the variable's
+    name only, never its value); None when the preset does not go through the gateway."""
+    from hal9999.agents.base import needs_network
+    from hal9999.gateway.tasks import missing_key, upstream_key_env
+    from hal9999.tasks.context import missing_key_fix
+
+    try:
+        agent = resolve_agent(name, config.agent_settings(name))
+    except HalError:
+        return None  # its agent line says so
+    key_env = upstream_key_env(config, name)
+    if not needs_network(agent) or key_env is None or not config.gateway.enabled:
+        return None
+    if missing_key(config, agent, os.environ) is None:
+        return Check(f"key {name}", True, f"{key_env} is set (hal's gateway adds it upstream)",
+                     required=False)  # fmt: skip
+    return Check(f"key {name}", False, f"{key_env} is not set",
+                 missing_key_fix(name, key_env), required=False)  # fmt: skip
 
 
 @cli.command()

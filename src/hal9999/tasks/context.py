@@ -376,14 +376,20 @@ def offline_warning(config: HalConfig, agent: Agent, *, daemon: bool = False) ->
 def missing_key_line(agent: str, key_env: str, *, daemon: bool = False) -> str:
     """That ``agent`` has no API key in ``key_env``, where it was looked for, and the fix."""
     login = " or `hal auth claude login`" if agent == "claude" else ""
-    if daemon:
+    if not daemon:
         return (
-            f"agent {agent} has no API key: {key_env} is not set in hal serve's environment "
-            f"(a hive agent's calls take the key hal serve was started with; hal's LLM gateway "
-            f"keeps it on the host): restart hal serve with {key_env}=... exported{login}"
+            f"agent {agent} has no API key: {key_env} is not set here (hal's LLM gateway "
+            f"calls the API from the host, so the sandbox needs no network): "
+            f"{missing_key_fix(agent, key_env)}"
         )
     return (
-        f"agent {agent} has no API key: {key_env} is not set here (hal's LLM gateway "
-        f"calls the API from the host, so the sandbox needs no network): export "
-        f"{key_env}=...{login}"
+        f"agent {agent} has no API key: {key_env} is not set in hal serve's environment "
+        f"(a hive agent's calls take the key hal serve was started with; hal's LLM gateway "
+        f"keeps it on the host): restart hal serve with {key_env}=... exported{login}"
     )
+
+
+def missing_key_fix(agent: str, key_env: str) -> str:
+    """How to give ``agent`` its API key in this shell."""
+    login = " or `hal auth claude login`" if agent == "claude" else ""
+    return f"export {key_env}=...{login}"
