@@ -4,6 +4,7 @@ source, test or doc line tells the history of the work (that lives in git log)."
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -32,10 +33,25 @@ def anchors(page: Path) -> set[str]:
     return found
 
 
+SOURCE = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Source"]
+IN_SOURCE = f"{SOURCE}/blob/main/"
+"""How the README links to the docs: absolute, so that they work where its text is shown
+apart from the repository (the package index's page)."""
+
+
 def links(page: Path) -> list[str]:
-    """The relative link targets of ``page``, outside code blocks."""
+    """The relative link targets of ``page``, outside code blocks (a link into the project's
+    own source tree is taken as the relative path it names)."""
     text = FENCE.sub("", page.read_text(encoding="utf-8"))
-    return [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+    targets = [t.removeprefix(IN_SOURCE) for t in LINK.findall(text)]
+    return [t for t in targets if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+
+
+def test_the_readme_links_to_the_docs_absolutely() -> None:
+    text = FENCE.sub("", (ROOT / "README.md").read_text(encoding="utf-8"))
+    relative = [t for t in LINK.findall(text) if not re.match(r"[a-z][a-z0-9+.-]*:", t)]
+    assert not relative, f"the package index shows these broken: {relative}"
+    assert any(t.startswith(f"{IN_SOURCE}docs/") for t in LINK.findall(text))
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)

@@ -204,3 +204,19 @@ def test_doctor_names_session_files_holding_an_agents_key_and_says_to_rotate_it(
     [check] = [c for c in json.loads(out.stdout)["checks"] if c["name"] == "session keys"]
     assert check["ok"] and "OPENAI_API_KEY" in check["detail"], check
     assert check["detail"].startswith("no session file holds ")
+
+
+def test_doctor_says_whether_each_installed_presets_key_is_there(hal: Hal, tmp_path: Path) -> None:
+    # Named, never shown: the line says which variable, not its value.
+    canary = "sk-ant-doctor-canary-0123456789"
+    env = {"PATH": fake_bin(tmp_path), "ANTHROPIC_API_KEY": ""}
+    keys = agent_checks(hal("doctor", "--json", env=env, timeout=60).stdout)
+    assert keys["key claude"]["ok"] is False and not keys["key claude"]["required"]
+    assert keys["key claude"]["detail"] == "ANTHROPIC_API_KEY is not set"
+    assert keys["key claude"]["fix"] == "export ANTHROPIC_API_KEY=... or `hal auth claude login`"
+    assert "key aider" not in keys, "an agent that is not installed has no key line"
+
+    given = hal("doctor", "--json", env={**env, "ANTHROPIC_API_KEY": canary}, timeout=60)
+    assert canary not in given.stdout + given.stderr
+    claude = agent_checks(given.stdout)["key claude"]
+    assert claude["ok"] and claude["detail"].startswith("ANTHROPIC_API_KEY is set")

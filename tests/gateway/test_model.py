@@ -135,7 +135,7 @@ async def test_a_cost_budget_reads_the_model_as_strictly(
     gw, sock = gateway
     grant = grant_for(upstream, max_cost_usd=1.0)
     gw.register(grant)
-    data = gzip.compress(body("claude-3-opus-20240229"))
+    data = gzip.compress(body("claude-private-9"))
     got, _ = await raw(sock, grant.token, data, headers=(("content-encoding", "gzip"),))
     assert got == 415
     assert upstream.seen == []

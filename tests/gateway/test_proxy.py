@@ -226,8 +226,8 @@ async def test_parallel_calls_queued_for_the_upstream_cannot_spend_past_the_budg
 async def test_a_cost_budget_refuses_a_model_with_no_price(
     gateway: tuple[Gateway, str], upstream: StormUpstream
 ) -> None:
-    # A model the price table does not know costs null, which no cost budget ever counted:
-    # an agent under --max-cost could call any unpriced model (an older, dearer one) forever.
+    # A model no price source knows costs null, which no cost budget ever counted: an
+    # agent under --max-cost could call any unpriced model (a private one) forever.
     gw, sock = gateway
     grant = grant_for(upstream, max_cost_usd=0.0001)
     daily = grant_for(upstream, "t2", settings={"daily_max_cost_usd": 0.0001})
@@ -235,9 +235,9 @@ async def test_a_cost_budget_refuses_a_model_with_no_price(
     gw.register(daily)
     async with client(sock) as http:
         for token in (grant.token, daily.token):
-            refused = [await call(http, token, model="claude-3-opus-20240229") for _ in range(3)]
+            refused = [await call(http, token, model="claude-private-9") for _ in range(3)]
             assert [a.status_code for a in refused] == [403] * 3
-            assert "no price" in refused[0].json()["error"]["message"]
+            assert "'claude-private-9' has no price" in refused[0].json()["error"]["message"]
         priced = await call(http, grant.token)
     assert priced.status_code == 200
     assert [s.body["model"] for s in upstream.seen] == ["claude-sonnet-4-5"]

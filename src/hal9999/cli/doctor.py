@@ -165,17 +165,54 @@ async def gather() -> list[Check]:
         *home,
         await _tool("git", ["git", "--version"], "apt-get install git"),
         await _tool("tmux", ["tmux", "-V"], "apt-get install tmux"),
+        *_helpers(),
     ]
     for name, hook in hooks:
         if name == default:
             checks += await hook.doctor(_scope(name, config, usable))
-    checks += await asyncio.gather(*(_agent(name) for name in available_agents()))
+    agents = await asyncio.gather(*(_agent(name, config) for name in available_agents()))
+    checks += [check for found in agents for check in found]
     for name, hook in hooks:
         if name != default:
             checks += await hook.doctor(_scope(name, config, usable))
     if usable:
         checks.append(_pm2())
     return checks
+
+
+HELPERS_FIX = (
+    "from a hal source checkout: bash scripts/setup.sh (gcc) builds them into its build/, "
+    "where a hal installed from that checkout (uv sync, pip install -e .) finds them; "
+    "a wheel install has none and hal works without them"
+)
+"""How to get the C helpers: they are built from ``scripts/*.c`` beside ``src``, never
+shipped in the pure-Python wheel."""
+
+
+def _helpers() -> list[Check]:
+    """The three C helpers ``scripts/setup.sh`` builds: found where hal looks for them, or
+    what running without each costs (a warning: hal has a fallback for every one)."""
+    from hal9999.process.tmux import NO_UTMP_BUILT
+    from hal9999.providers.host.exec import LAUNCH_HELPER_BUILT, launch_helper
+    from hal9999.providers.host.user import DROP_HELPER_BUILT, drop_helper, trusted_program
+
+    found = {
+        "hal-launch": (launch_helper(), LAUNCH_HELPER_BUILT,
+                       "every sandbox command starts through sh instead, and idle bwrap "
+                       "sandboxes keep no namespaces warm (a warm task's commands each start "
+                       "bwrap)"),
+        "hal-drop": (drop_helper(), DROP_HELPER_BUILT,
+                     "as root, bwrap sandboxes switch to their uid with setpriv instead "
+                     "(slower per command)"),
+        "hal-noutmp": (trusted_program(NO_UTMP_BUILT), NO_UTMP_BUILT,
+                       "tmux records each agent's pane as a login in utmp (who, last)"),
+    }  # fmt: skip
+    return [
+        Check(f"helper {name}", True, path, required=False)
+        if path is not None
+        else Check(f"helper {name}", False, f"not built ({where}): {cost}", HELPERS_FIX, False)
+        for name, (path, where, cost) in found.items()
+    ]
 
 
 DEFAULT_PROVIDER: str = HalConfig.model_fields["default_provider"].default
@@ -207,13 +244,14 @@ def _pm2() -> Check:
     return Check("pm2", True, found, required=False)
 
 
-async def _agent(name: str) -> Check:
-    """An agent CLI: installed?, its version, and the version hal is tested with. A preset
-    that cannot be loaded is a warning of its own; the others are checked."""
+async def _agent(name: str, config: HalConfig | HalError) -> list[Check]:
+    """An agent CLI: installed?, its version, and the version hal is tested with; for an
+    installed one, whether its API key is there. A preset that cannot be loaded is a
+    warning of its own; the others are checked."""
     try:
         agent = resolve_agent(name)
     except HalError as exc:
-        return Check(f"agent {name}", False, exc.message, exc.hint, required=False)
+        return [Check(f"agent {name}", False, exc.message, exc.hint, required=False)]
     tested: str | None = getattr(agent, "tested_version", None)
     fix = agent.install_hint
     if tested is not None:
@@ -221,7 +259,31 @@ async def _agent(name: str) -> Check:
     check = await _tool(f"agent {name}", [agent.program, "--version"], fix, required=False)
     if check.ok and tested is not None and tested not in check.detail:
         check.detail += f" (hal is tested with {tested})"
-    return check
+    if not check.ok or isinstance(config, HalError):
+        return [check]
+    key = _key(name, config)
+    return [check] if key is None else [check, key]
+
+
+def _key(name: str, config: HalConfig) -> Check | None:
+    """Whether the API key of preset ``name`` is there for its LLM gateway (the variable's
+    name only, never its value); None when the preset does not go through the gateway."""
+    from hal9999.agents.base import needs_network
+    from hal9999.gateway.tasks import missing_key, upstream_key_env
+    from hal9999.tasks.context import missing_key_fix
+
+    try:
+        agent = resolve_agent(name, config.agent_settings(name))
+    except HalError:
+        return None  # its agent line says so
+    key_env = upstream_key_env(config, name)
+    if not needs_network(agent) or key_env is None or not config.gateway.enabled:
+        return None
+    if missing_key(config, agent, os.environ) is None:
+        return Check(f"key {name}", True, f"{key_env} is set (hal's gateway adds it upstream)",
+                     required=False)  # fmt: skip
+    return Check(f"key {name}", False, f"{key_env} is not set",
+                 missing_key_fix(name, key_env), required=False)  # fmt: skip
 
 
 @cli.command()

@@ -83,6 +83,8 @@ def interrupted() -> NoReturn:
 def _main() -> None:
     if sys.stdout is None or sys.stderr is None or sys.stdin is None:
         fill_closed_descriptors()
+    if not sys.platform.startswith("linux") and sys.argv[1:] != ["--version"]:
+        off_linux()
     if sys.argv[1:] == ["--version"]:
         from hal9999 import __version__
 
@@ -153,6 +155,19 @@ class NoPydanticPlugins:
     def exec_module(module: ModuleType) -> None:
         """The stand-in: no plugins."""
         module.get_plugins = tuple  # type: ignore[attr-defined]  # tuple() is ()
+
+
+def off_linux() -> NoReturn:
+    """Refuse to run anywhere but Linux, in one line: sandboxes are Linux namespaces, cgroups
+    and ``/proc``, and a run elsewhere would fail later and less clearly."""
+    from hal9999.cli.app import report_failure
+    from hal9999.errors import ConfigError
+
+    error = ConfigError(
+        f"hal runs on Linux only, not on {sys.platform}",
+        hint="run hal on a Linux host, or in a Linux VM (lima, WSL 2) with hal installed there",
+    )
+    sys.exit(report_failure(error, as_json="--json" in sys.argv[1:]))
 
 
 def exit_after(write: Callable[[], object]) -> NoReturn:

@@ -80,6 +80,10 @@ def serve(
 
     address, options = use_listen(listen, tls_cert, tls_key)
     address = address or listen_address(os.environ)  # checked before the daemon starts
+    from hal9999.hive.keys import keyless_agents
+
+    for line in keyless_agents(config, os.environ):
+        click.echo(f"hal: warning: {line}", err=True)
     if detach:
         _detach(files, as_json, options, address)
         return

@@ -166,21 +166,8 @@ def listen_address(environ: Mapping[str, str]) -> ListenAddress | None:
     return ListenAddress(host, port, cert, key, listen_name=LISTEN_ENV, cert_names=names)
 
 
-def _self_signed(
-    home: Path,
-    host: str,
-    listen_name: str = "--listen",
-    cert_names: tuple[str, str] = ("--tls-cert", "--tls-key"),
-) -> tuple[Path, Path]:
+def _self_signed(home: Path, host: str) -> tuple[Path, Path]:
     """hal's own certificate for ``host`` (made once, kept under ``<home>/tls``)."""
-    try:
-        import cryptography  # noqa: F401
-    except ImportError as exc:
-        given = "give" if cert_names[0].startswith("--") else "set"
-        raise ConfigError(
-            f"making a certificate for {listen_name} needs the cryptography package",
-            hint=f"pip install 'hal9999[tls]', or {given} {cert_names[0]} and {cert_names[1]}",
-        ) from exc
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -227,7 +214,7 @@ def server_context(home: Path, address: ListenAddress) -> tuple[ssl.SSLContext, 
     cert, key = address.cert, address.key
     names = address.cert_names
     if cert is None or key is None:
-        cert, key = _self_signed(home, address.host, address.listen_name, names)
+        cert, key = _self_signed(home, address.host)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     try:

@@ -1,8 +1,11 @@
-"""The shipped price table: USD per million tokens, each entry with its date and source.
+"""Model prices: USD per million tokens.
 
-``[gateway.prices."<model>"]`` in the user's config overrides or adds entries. A model is
-matched exactly, then by the longest entry its name starts with (``claude-sonnet-4-5-2025...``
-takes ``claude-sonnet-4-5``). A model with no price gets ``cost_usd = null``, never a guess.
+A model's price is, in this order: ``[gateway.prices."<model>"]`` of the user's config, the
+maintained price data of the ``genai-prices`` package (the providers' current models, updated
+with each of its releases; imported at the first lookup, in the gateway alone), then the
+table shipped here, each entry with its date and source. In a table a model is matched
+exactly, then by the longest entry its name starts with (``claude-sonnet-4-5-2025...`` takes
+``claude-sonnet-4-5``). A model with no price gets ``cost_usd = null``, never a guess.
 
 An entry may also give ``max_output_tokens``, the most output tokens (thinking included) the
 model emits in one call: a call that sets no output cap reserves that much under a budget
@@ -12,7 +15,12 @@ it.
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Mapping
+from typing import Any
+
+logger = logging.getLogger(__name__)
 
 PRICES_AS_OF = "2026-11-01"
 """When the table below was last checked against the providers' public price pages."""
@@ -96,9 +104,64 @@ def price_of(
     return dict(table[max(matches, key=len)]) if matches else None
 
 
+MAINTAINED_FIELDS = {
+    "input": "input_mtok",
+    "output": "output_mtok",
+    "cache_read": "cache_read_mtok",
+    "cache_write": "cache_write_mtok",
+}
+"""hal's price fields and ``genai_prices``' names for them (USD per million tokens)."""
+
+
+@functools.cache
+def maintained_price(model: str) -> dict[str, float] | None:
+    """``model``'s price in the ``genai-prices`` data (its provider found from the name),
+    with the shipped ``max_output_tokens`` of its family; None when the data has no such
+    model. A price in tiers by context length is taken at its first tier."""
+    import genai_prices  # pydantic models and a large table: only where a call is priced
+
+    try:
+        found = genai_prices.calc_price(genai_prices.Usage(input_tokens=1), model_ref=model)
+    except (LookupError, ValueError):
+        return None
+    price: dict[str, float] = {}
+    for name, field in MAINTAINED_FIELDS.items():
+        value: Any = getattr(found.model_price, field, None)
+        value = getattr(value, "base", value)  # TieredPrices: the price below its first tier
+        if value is not None:
+            price[name] = float(value)
+    if "input" not in price or "output" not in price:
+        return None
+    most = price_of(model, MAX_OUTPUT_TOKENS_TABLE)
+    if most is not None:
+        price["max_output_tokens"] = most["max_output_tokens"]
+    return price
+
+
+MAX_OUTPUT_TOKENS_TABLE = {name: {"max_output_tokens": float(most)}
+                           for name, most in MAX_OUTPUT_TOKENS.items()}  # fmt: skip
+""":data:`MAX_OUTPUT_TOKENS` as a price table, matched as prices are."""
+
+
+def lookup(model: str | None, extra: Mapping[str, Mapping[str, float]]) -> dict[str, float] | None:
+    """``model``'s price: ``extra`` (the task's ``[gateway.prices]``), else the maintained
+    data, else the shipped table."""
+    if not model:
+        return None
+    own = price_of(model, extra)
+    if own is not None:
+        return own
+    try:
+        maintained = maintained_price(model.rpartition("/")[2])
+    except Exception:  # the package's data unreadable: the shipped table still prices
+        logger.exception("gateway: the maintained prices could not be read")
+        maintained = None
+    return maintained if maintained is not None else price_of(model, SHIPPED)
+
+
 class PriceBook:
-    """Prices looked up once per task and model, not once per call (the table is merged with
-    the task's ``[gateway.prices]`` and searched by prefix)."""
+    """Prices looked up once per task and model, not once per call (:func:`lookup`: the
+    task's ``[gateway.prices]``, the maintained data, the shipped table)."""
 
     def __init__(self) -> None:
         self._found: dict[tuple[str, str | None], dict[str, float] | None] = {}
@@ -109,7 +172,7 @@ class PriceBook:
         """The price of ``model`` for the task holding ``token``."""
         key = (token, model)
         if key not in self._found:
-            self._found[key] = price_of(model, {**SHIPPED, **extra})
+            self._found[key] = lookup(model, extra)
         return self._found[key]
 
     def forget(self, token: str) -> None:

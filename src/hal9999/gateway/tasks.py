@@ -179,13 +179,39 @@ class GatewayRoute:
                 hint=f"see `hal task requests {self.grant.task_id}`; raise --max-cost or "
                 "--max-tokens (or [gateway] budgets) and `hal task resume` it",
             )
-        if store.gateway_refused(self.grant.task_id, "model_not_allowed"):
+        refused = store.gateway_refused_models(self.grant.task_id, "model_not_allowed")
+        if refused or store.gateway_refused(self.grant.task_id, "model_not_allowed"):
+            return self._model_refused(refused)
+        return None
+
+    def _model_refused(self, models: list[str]) -> ModelNotAllowed:
+        """The error of a run whose calls to ``models`` the gateway refused: each named with
+        why (outside ``[gateway] models``, or unpriced under a cost budget) and the fix."""
+        see = f"see `hal task requests {self.grant.task_id}`"
+        allowed = self.grant.models
+        if not models:
             return ModelNotAllowed(
                 "the agent asked for a model outside the allow-list ([gateway] models), or "
                 "for one with no price under a cost budget ([gateway.prices])",
-                hint=f"see `hal task requests {self.grant.task_id}`",
+                hint=see,
             )
-        return None
+        outside = [m for m in models if allowed is not None and m not in allowed]
+        unpriced = [m for m in models if m not in outside]
+        if outside:
+            named = ", ".join(repr(m) for m in outside)
+            return ModelNotAllowed(
+                f"the LLM gateway refused model {named}: not in the allow-list "
+                f"([gateway] models: {', '.join(allowed or [])})",
+                hint=f"add it to [gateway] models, or give the agent an allowed model; {see}",
+            )
+        named = ", ".join(repr(m) for m in unpriced)
+        first = unpriced[0]
+        return ModelNotAllowed(
+            f"the LLM gateway refused model {named}: it has no price, and the task has a cost "
+            "budget no unpriced call would count against",
+            hint=f'give it a price in [gateway.prices."{first}"] (input and output, USD per '
+            f"million tokens), or run without --max-cost; {see}",
+        )
 
     async def settle(self) -> None:
         """Wait until the gateway has recorded every call of the run so far."""
@@ -221,11 +247,11 @@ def route_for(
         return None
     upstream, key_env = chosen
     max_tokens, max_cost_usd = load_budget(budget) if budget is not None else (None, None)
-    key = (keys or {}).get(key_env) or secrets.get(key_env) or environ.get(key_env)
-    if not key:  # hal auth claude login (its module imports httpx: only when needed)
-        from hal9999.auth.upstream import stored_key
-
-        key = stored_key(config.home, agent.name, key_env)
+    key = (
+        (keys or {}).get(key_env)
+        or secrets.get(key_env)
+        or host_key(config, agent, key_env, environ)
+    )
     if not key:
         return None
     check_base_url(agent.name, upstream)  # never the agent going direct with the key
@@ -346,6 +372,30 @@ def _task_file(run_dir: Path) -> dict[str, object]:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def host_key(config: HalConfig, agent: Agent, key_env: str, environ: Mapping[str, str]) -> str:
+    """``agent``'s key from ``environ``'s ``key_env``, else a ``hal auth`` sign-in stored
+    under the home ('' when neither has one)."""
+    key = environ.get(key_env)
+    if key:
+        return key
+    from hal9999.auth.upstream import stored_key  # it imports httpx: only when needed
+
+    return stored_key(config.home, agent.name, key_env) or ""
+
+
+def missing_key(config: HalConfig, agent: Agent, environ: Mapping[str, str]) -> str | None:
+    """The host variable ``agent``'s LLM gateway would take its key from when neither
+    ``environ`` nor a ``hal auth`` sign-in has one; None when one is there, or when the agent
+    does not go through the gateway."""
+    choose = getattr(agent, "gateway_upstream", None)
+    if not config.gateway.enabled or choose is None:
+        return None
+    chosen: tuple[str, str] | None = choose(config.agent_settings(agent.name))
+    if chosen is None or host_key(config, agent, chosen[1], environ):
+        return None
+    return chosen[1]
 
 
 def goes_through_gateway(config: HalConfig, agent: Agent, environ: Mapping[str, str]) -> bool:

@@ -83,6 +83,16 @@ class GatewayTable(Table):
         )
         return bool(rows)
 
+    def gateway_refused_models(self, task_id: str, error: str) -> list[str]:
+        """The models of the task's calls the gateway refused with ``error``, first refused
+        first."""
+        rows = self._query(
+            "SELECT model FROM gateway_requests WHERE task_id = ? AND error = ? AND model <> ''"
+            " GROUP BY model ORDER BY MIN(id)",
+            (task_id, error),
+        )
+        return [str(row[0]) for row in rows]
+
     def delete_gateway_requests(self, task_id: str) -> None:
         """Remove a task's calls (with the task)."""
         with self._write() as conn:

@@ -78,12 +78,28 @@ class Totals:
     This module's classes are plain classes, not dataclasses: the methods a dataclass
     generates are compiled per class, at the import of every in-process ``hal run``."""
 
-    __slots__ = ("cost_usd", "input_tokens", "output_tokens")
+    __slots__ = ("agent_cost_usd", "cost_usd", "input_tokens", "output_tokens")
 
     def __init__(self) -> None:
         self.input_tokens = 0
         self.output_tokens = 0
         self.cost_usd: float | None = None
+        self.agent_cost_usd: float | None = None
+        """The cost the agent reported itself, where the gateway measures the run: the
+        run's cost when the gateway had no price for its model (rather than none)."""
+
+    def add_reported(self, usage: Usage) -> None:
+        """Fold in the cost of one usage event the agent reported of a run the gateway
+        measures (its tokens are the gateway's to count)."""
+        if usage.total:
+            self.agent_cost_usd = usage.cost_usd
+        elif usage.cost_usd is not None:
+            self.agent_cost_usd = (self.agent_cost_usd or 0.0) + usage.cost_usd
+
+    @property
+    def known_cost(self) -> float | None:
+        """The run's cost: measured, else as the agent reported it, else None."""
+        return self.cost_usd if self.cost_usd is not None else self.agent_cost_usd
 
     def add(self, usage: Usage) -> None:
         """Fold one usage event in; a run total replaces the running sum."""
@@ -345,22 +361,40 @@ def memory_killed(ctx: RunContext, agent: str) -> AgentFailed | None:
     )
 
 
-def offline_warning(config: HalConfig, agent: Agent) -> str:
+def offline_warning(config: HalConfig, agent: Agent, *, daemon: bool = False) -> str:
     """Why an API-calling agent in a sandbox without network is likely to fail, and the fix:
     where the LLM gateway would carry its calls, the key the gateway lacks (a sandbox with
-    network would only hand the agent a key it does not have either); else the network."""
+    network would only hand the agent a key it does not have either); else the network.
+    ``daemon``: the key was looked for in ``hal serve``'s own environment (a hive turn's),
+    not in the shell of whoever started the run."""
     settings = config.agent_settings(agent.name)
     choose = getattr(agent, "gateway_upstream", None)
     chosen = choose(settings) if choose is not None and config.gateway.enabled else None
     if chosen is not None:
-        key_env = chosen[1]
-        login = " or `hal auth claude login`" if agent.name == "claude" else ""
-        return (
-            f"agent {agent.name} has no API key: {key_env} is not set here (hal's LLM gateway "
-            f"calls the API from the host, so the sandbox needs no network): export "
-            f"{key_env}=...{login}"
-        )
+        return missing_key_line(agent.name, chosen[1], daemon=daemon)
     return (
         f"agent {agent.name} calls an LLM API but the sandbox has no network (network = "
         '"none"): set network = "host" in hal.toml or HAL_NETWORK=host'
     )
+
+
+def missing_key_line(agent: str, key_env: str, *, daemon: bool = False) -> str:
+    """That ``agent`` has no API key in ``key_env``, where it was looked for, and the fix."""
+    login = " or `hal auth claude login`" if agent == "claude" else ""
+    if not daemon:
+        return (
+            f"agent {agent} has no API key: {key_env} is not set here (hal's LLM gateway "
+            f"calls the API from the host, so the sandbox needs no network): "
+            f"{missing_key_fix(agent, key_env)}"
+        )
+    return (
+        f"agent {agent} has no API key: {key_env} is not set in hal serve's environment "
+        f"(a hive agent's calls take the key hal serve was started with; hal's LLM gateway "
+        f"keeps it on the host): restart hal serve with {key_env}=... exported{login}"
+    )
+
+
+def missing_key_fix(agent: str, key_env: str) -> str:
+    """How to give ``agent`` its API key in this shell."""
+    login = " or `hal auth claude login`" if agent == "claude" else ""
+    return f"export {key_env}=...{login}"

@@ -143,7 +143,7 @@ class RunEnding:
         usage = {
             "input_tokens": add_counts(current.input_tokens, totals.input_tokens),
             "output_tokens": add_counts(current.output_tokens, totals.output_tokens),
-            "cost_usd": finish.add_cost(current.cost_usd, totals.cost_usd),
+            "cost_usd": finish.add_cost(current.cost_usd, totals.known_cost),
         }
         message = ctx.masker.mask(error.one_line()) if error else note
         retry = self._retry(ctx, status, current, error)

@@ -258,6 +258,8 @@ class RunFollower:
         if isinstance(event, Usage):
             if ctx.gateway is None or event.source == "gateway":
                 ctx.totals.add(event)
+            else:
+                ctx.totals.add_reported(event)
         elif isinstance(event, AgentSession):
             ctx.session_id = event.session_id
         ctx.events.emit(event)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 from hal9999.agents.base import Agent, AgentContext, AgentLaunch, needs_network
 from hal9999.agents.parsing import SESSION_ID
+from hal9999.agents.registry import upstream_key_env
 from hal9999.config import HalConfig
 from hal9999.credentials import forwarded_env, install_files
-from hal9999.errors import AgentNotInstalled, HalError, RepoError
+from hal9999.errors import AgentNotInstalled, CredentialsError, HalError, RepoError
 from hal9999.events.models import Message, SandboxAcquired
 from hal9999.events.rotation import size_of
 from hal9999.hostread import write_text
@@ -30,6 +31,7 @@ from hal9999.tasks.context import (
     RunContext,
     Superseded,
     borrows_objects,
+    missing_key_line,
     mounts_objects,
     offline_warning,
     oom_count,
@@ -200,7 +202,15 @@ class AgentLauncher:
         direct = {} if ctx.gateway else ctx.upstream_keys
         found = {n: direct[n] for n in missing if n in direct}
         missing = [name for name in missing if name not in found]
-        secrets = {**forwarded_env(missing, self.environ), **found, **given}
+        try:
+            secrets = {**forwarded_env(missing, self.environ), **found, **given}
+        except CredentialsError:
+            key_env = upstream_key_env(self.config, ctx.task.agent)
+            if key_env is None or key_env not in missing or key_env in self.environ:
+                raise
+            # The agent's own API key: said as such, with where it was looked for.
+            line = missing_key_line(ctx.task.agent, key_env, daemon=ctx.mcp is not None)
+            raise CredentialsError(line) from None
         if ctx.gateway is None:
             return launch, secrets
         secrets, held = ctx.gateway.shield(secrets)
@@ -288,7 +298,8 @@ class AgentLauncher:
             spec = spec.model_copy(update={"binds": (*spec.binds, ctx.mcp.bind())})
         offline = spec.network == "none" and needs_network(agent) and ctx.gateway is None
         if offline:
-            ctx.events.emit(Message(level="warning", text=offline_warning(self.config, agent)))
+            warning = offline_warning(self.config, agent, daemon=ctx.mcp is not None)
+            ctx.events.emit(Message(level="warning", text=warning))
         lease = await self.sandboxes.acquire(provider, spec, task.id)
         ctx.sandbox = sandbox = lease.sandbox if lease is not None else await provider.create(spec)
         ctx.oom_before = oom_count(sandbox)  # a warm sandbox's cgroup counts from before

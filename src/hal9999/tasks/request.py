@@ -30,7 +30,7 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from hal9999.config import HalConfig
+from hal9999.config import AgentConfig, HalConfig
 from hal9999.errors import ConfigError, UsageError
 from hal9999.values import (
     MAX_TOKENS,
@@ -138,6 +138,9 @@ class RunRequest(BaseModel):
     """The caller's directory, which a relative ``repo`` is relative to."""
     agent: Name = ""
     """Agent preset or command template; the config's ``default_agent`` when left out."""
+    model: Name | None = None
+    """The agent's model for this task (``--model``), over ``[agents.<agent>] model``; a
+    preset passes it to its CLI's own model option. None: the config's."""
     provider: Name = ""
     """Provider, or a comma-separated priority list; the config's default when left out."""
     process_manager: Name = ""
@@ -359,3 +362,20 @@ def provider_list(value: str) -> list[str]:
     if not names:
         raise ConfigError("no provider given", hint="--provider NAME[,NAME...]")
     return names
+
+
+def with_model(config: HalConfig, agent: str, model: str) -> HalConfig:
+    """``config`` with ``model`` as ``agent``'s (``--model``): a preset gives it to its CLI's
+    own model option; a command template has none, so it is refused there, naming where a
+    template's model goes."""
+    from hal9999.agents.template import is_template
+
+    if is_template(agent):
+        raise UsageError(
+            "--model is for an agent preset, and the agent is a command template",
+            hint="write the model into the template itself (e.g. 'my-agent --model NAME "
+            "{{prompt_file}}'), or use a preset: --agent claude --model NAME",
+        )
+    table = config.agents.get(agent) or AgentConfig()
+    agents = {**config.agents, agent: table.model_copy(update={"model": model})}
+    return config.model_copy(update={"agents": agents})

@@ -181,7 +181,7 @@ class TaskRunner:
             )
         hint = f"see `hal task logs {task.id}`"
         if offline:
-            hint += f"; {offline_warning(self.config, agent)}"
+            hint += f"; {offline_warning(self.config, agent, daemon=ctx.mcp is not None)}"
         error = memory_killed(ctx, agent.name) or AgentFailed(
             f"agent {agent.name} exited with status {exit_code}", hint=hint
         )

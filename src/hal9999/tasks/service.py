@@ -46,7 +46,13 @@ from hal9999.tasks.plugins import (
     load_process_manager,
     load_provider_for,
 )
-from hal9999.tasks.request import RunRequest, config_notes, new_task_id, provider_list
+from hal9999.tasks.request import (
+    RunRequest,
+    config_notes,
+    new_task_id,
+    provider_list,
+    with_model,
+)
 from hal9999.tasks.runner import TaskRunner
 from hal9999.tasks.secrets import TaskSecrets
 from hal9999.tasks.session import Session
@@ -186,6 +192,8 @@ class TaskService(TaskSecrets):
         config = self.config
         if req.config is not None:
             config = req.config.model_copy(update={"home": self.config.home})
+        if req.model is not None:
+            config = with_model(config, req.agent, req.model)
         check_provider_tables(config)  # names the config's own mistakes before the request's
         log_cap_from(self.environ)  # a bad HAL_LOG_CAP_MB fails here, not at the launch
         if config.hive:  # a typo in [hive] is named as in every other table (none: no import)
