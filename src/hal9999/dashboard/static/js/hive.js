@@ -43,6 +43,51 @@
     return (s >= 3600 ? Math.floor(s / 3600) + "h " : "") + Math.floor((s % 3600) / 60) + "m " + (s % 60) + "s left";
   };
 
+  /** A span of time as people say it: "6 d 23 h", "5 h 3 min", "4 min", "12 s". */
+  hal.fmtSpan = (seconds) => {
+    const s = Math.max(0, Math.round(seconds)), d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+    if (d) return d + " d" + (h ? " " + h + " h" : "");
+    if (h) return h + " h" + (m ? " " + m + " min" : "");
+    if (m) return m + " min";
+    return s + " s";
+  };
+  /** When a proposal expires: "expires in 6 d 23 h (<its local date and time>)". */
+  const expiry = (expires) => {
+    if (!expires) return "never expires";
+    const s = expires - Date.now() / 1000;
+    return (s <= 0 ? "expired" : "expires in " + hal.fmtSpan(s)) + " (" + hal.fmtTime(expires) + ")";
+  };
+
+  const FIELDS = { name: "Name", agent: "Agent", provider: "Provider", repo: "Repository", role: "Role" };
+  /** A spawn, destroy or tool proposal's details as labelled fields (not JSON): the known
+   * ones first, in a fixed order, then the rest; long or multi-line text as a block. */
+  function proposalFields(payload) {
+    const list = el("dl", { class: "facts proposal-fields" });
+    const keys = [...Object.keys(FIELDS).filter((k) => k in payload), ...Object.keys(payload).filter((k) => !(k in FIELDS)).sort()];
+    for (const key of keys) {
+      const value = payload[key];
+      if (value === null || value === undefined || value === "") continue;
+      const text = typeof value === "string" ? value : JSON.stringify(value);
+      const label = FIELDS[key] || key.replace(/_/g, " ");
+      list.append(el("dt", { text: label }), el("dd", { "data-field": key },
+        text.includes("\n") || text.length > 120 ? el("pre", { class: "field-text", text }) : text));
+    }
+    if (!list.childElementCount) list.append(el("dt", { text: "details" }), el("dd", { text: "none" }));
+    return list;
+  }
+
+  /** An apply's context from ``hal approvals show``: the agent's summary and what approving
+   * now would do (or why it would be refused). */
+  function applyContext(approval, view) {
+    const box = [];
+    const summary = (view.approval && view.approval.payload || approval.payload || {}).summary;
+    if (summary) box.push(el("div", { class: "summary" }, el("strong", { text: "Summary from " + approval.proposer + ":" }), el("pre", { class: "summary-text", text: summary })));
+    const preview = view.preview || {};
+    if (preview.refused) box.push(el("p", { class: "warning refused", text: "Approving now would be refused: " + preview.refused }));
+    else if (preview.how) box.push(el("p", { class: "muted preview", text: "Approving now: " + preview.how + " of " + preview.target }));
+    return box;
+  }
+
   function approvalCard(approval) {
     const reason = el("input", { class: "reason", placeholder: "Reason (sent to " + approval.proposer + ")" });
     const diff = el("div", { class: "approval-diff" });
@@ -57,18 +102,19 @@
     const card = el("article", { class: "card approval", "data-approval": approval.id },
       el("h3", {}, hal.badge(approval.kind), " ", el("span", { class: "title", text: approval.title })),
       el("p", { class: "muted", text: "from " + approval.proposer + " · " + hal.fmtAgo(approval.created) }),
-      el("p", { class: "time-left", "data-expires": approval.expires || "", text: left(approval.expires) }),
+      el("p", { class: "expiry", "data-expires": approval.expires || "", text: expiry(approval.expires) }),
       diff,
       el("div", { class: "actions" }, reason,
         el("button", { type: "button", class: "approve", text: "Approve", onclick: decide("approve") }),
         el("button", { type: "button", class: "deny", text: "Deny", onclick: decide("deny") })));
     if (approval.kind === "apply") {
       hal.api("GET", "/hive/approvals/" + encodeURIComponent(approval.id)).then((view) => {
+        diff.append(...applyContext(approval, view));
         diff.append(el("pre", { class: "commits", text: view.commits || "" }), hal.renderDiff(view.review || ""));
         if (view.diff_truncated) diff.append(el("p", { class: "muted", text: "(diff cut: see `hal approvals show`)" }));
       }).catch((err) => diff.append(el("p", { class: "error", text: err.message })));
     } else {
-      diff.append(el("pre", { class: "payload", text: JSON.stringify(approval.payload, null, 2) }));
+      diff.append(proposalFields(approval.payload || {}));
     }
     return card;
   }
@@ -192,6 +238,8 @@
     setInterval(() => { // the countdowns move locally; nothing is fetched
       for (const node of document.querySelectorAll(".time-left[data-expires]"))
         if (node.dataset.expires) node.textContent = left(Number(node.dataset.expires));
+      for (const node of document.querySelectorAll(".expiry[data-expires]"))
+        if (node.dataset.expires) node.textContent = expiry(Number(node.dataset.expires));
     }, 1000);
     // An event makes its list be read again: one read in flight per list (hal.coalesce).
     const [threadsLater, agentsLater, messagesLater, remindersLater] =
