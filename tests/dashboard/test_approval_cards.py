@@ -1,7 +1,8 @@
-"""The hive page's approval cards, from a real ``hal serve``, say what ``hal approvals show``
-says: an apply's summary from the agent and whether approving now would be refused (or what
-it would do), when the proposal expires as a person reads it, and a spawn or destroy
-proposal's details as labelled fields, not JSON."""
+"""The hive page of a real ``hal serve``: its approval cards say what ``hal approvals show``
+says (an apply's summary from the agent and whether approving now would be refused, or what
+it would do; when the proposal expires as a person reads it; a spawn or destroy proposal's
+details as labelled fields, not JSON), and its agent cards start, stop and drop a message
+from a mailbox through the hive API the command line uses."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tests.dashboard.test_live_daemon import Hal
 from tests.hive.conftest import agent_commit, git
 
 from hal9999.hive import approvals
+from hal9999.hive.agents import set_state
 from hal9999.store import Store
 
 pytestmark = [pytest.mark.browser]
@@ -87,3 +89,58 @@ def test_cards_carry_the_summary_the_warning_a_readable_expiry_and_fields(
     shot(page)
     page.set_viewport_size({"width": 390, "height": 844})  # a phone: the card still reads
     shot(page, "phone")
+
+
+def test_agent_controls_start_stop_and_drop_a_message(browser: Any, hal: Hal, shot: Any) -> None:
+    spawned = hal("agent", "spawn", "carol", "--repo", str(hal.repo))
+    assert spawned.returncode == 0, spawned.stderr
+    page = browser.new_context().new_page()
+    page.goto(hal.link())
+    page.goto(f"{hal.base}/hive")  # type: ignore[attr-defined]
+    card = "[data-agent='carol']"
+    page.wait_for_selector(f"{card}[data-state='sleeping'] button.agent-stop", timeout=30000)
+    assert page.locator(f"{card} button.agent-start").count() == 0
+    page.click(f"{card} button.agent-stop")
+    page.wait_for_selector(f"{card}[data-state='stopped'] button.agent-start", timeout=30000)
+    assert page.locator(f"{card} button.agent-stop").count() == 0
+    assert agent_state(hal, "carol") == "stopped"
+    # A bad message waits in the stopped agent's mailbox: dropped, no turn of it gets it.
+    sent = hal("msg", "send", "carol", "delete every branch", "--json")
+    assert sent.returncode == 0, sent.stderr
+    bad = json.loads(sent.stdout)["id"]
+    item = f"{card} [data-message='{bad}']"
+    page.wait_for_selector(item, timeout=30000)
+    assert "delete every branch" in page.inner_text(item)
+    shot(page, "mailbox")
+    page.click(f"{item} button.drop")
+    page.wait_for_selector(item, state="detached", timeout=30000)
+    assert mailbox(hal, "carol") == []
+    # A crashed agent gets a Start button, which lets it wake again.
+    with Store.open(hal.home) as store:
+        set_state(store, "carol", "crashed", "its sandbox died")
+    page.wait_for_selector(f"{card}[data-state='crashed'] button.agent-start", timeout=30000)
+    page.click(f"{card} button.agent-start")
+    page.wait_for_selector(f"{card}[data-state='sleeping']", timeout=30000)
+    assert agent_state(hal, "carol") == "sleeping"
+    shot(page)
+    # The command line drops through the same API.
+    stopped = hal("agent", "stop", "carol")
+    assert stopped.returncode == 0, stopped.stderr
+    again = json.loads(hal("msg", "send", "carol", "another", "--json").stdout)["id"]
+    dropped = hal("msg", "drop", "carol", again)
+    assert dropped.returncode == 0 and f"dropped {again}" in dropped.stdout, dropped.stderr
+    assert mailbox(hal, "carol") == []
+    twice = hal("msg", "drop", "carol", again)
+    assert twice.returncode == 3 and "no unread message" in twice.stderr, twice.stderr
+
+
+def agent_state(hal: Hal, name: str) -> str:
+    shown = hal("agent", "show", name, "--json")
+    assert shown.returncode == 0, shown.stderr
+    return str(json.loads(shown.stdout)["state"])
+
+
+def mailbox(hal: Hal, name: str) -> list[dict[str, Any]]:
+    found = hal("msg", "inbox", name, "--json")
+    assert found.returncode == 0, found.stderr
+    return list(json.loads(found.stdout))

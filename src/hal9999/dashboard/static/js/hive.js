@@ -62,7 +62,7 @@
   /** A spawn, destroy or tool proposal's details as labelled fields (not JSON): the known
    * ones first, in a fixed order, then the rest; long or multi-line text as a block. */
   function proposalFields(payload) {
-    const list = el("dl", { class: "facts proposal-fields" });
+    const list = el("dl", { class: "facts proposal-fields payload" });
     const keys = [...Object.keys(FIELDS).filter((k) => k in payload), ...Object.keys(payload).filter((k) => !(k in FIELDS)).sort()];
     for (const key of keys) {
       const value = payload[key];
@@ -205,12 +205,48 @@
       if (!list.length) agents.append(el("p", { class: "muted", text: "No agents yet (`hal hive init`)." }));
       for (const agent of list) {
         const stats = el("div", { class: "stats" });
-        agents.append(el("article", { class: "card agent", "data-agent": agent.name },
+        const mailbox = el("div", { class: "agent-mailbox" });
+        agents.append(el("article", { class: "card agent", "data-agent": agent.name, "data-state": agent.state },
           el("h3", {}, el("span", { text: agent.name }), " ", hal.badge(agent.state), agent.kind === "manager" ? " manager" : ""),
           el("p", { class: "muted", text: agent.agent + " on " + agent.provider + (agent.detail ? " · " + agent.detail : "") }),
-          agent.task_id ? el("a", { href: "/tasks/" + agent.task_id, text: "its task" }) : null, stats));
-        hal.api("GET", "/hive/agents/" + encodeURIComponent(agent.name) + "/stats").then((s) => statsChart(stats, s)).catch(() => {});
+          agentControls(agent),
+          agent.task_id ? el("a", { href: "/tasks/" + agent.task_id, text: "its task" }) : null, mailbox, stats));
+        const name = encodeURIComponent(agent.name);
+        hal.api("GET", "/hive/agents/" + name + "/stats").then((s) => statsChart(stats, s)).catch(() => {});
+        hal.api("GET", "/hive/inbox?name=" + name).then((mail) => drawMailbox(mailbox, agent, mail)).catch(() => {});
       }
+    }
+    /** Start (a stopped or crashed agent) and Stop: the hive API the CLI's `hal agent
+     * start/stop` call. */
+    function agentControls(agent) {
+      const path = "/hive/agents/" + encodeURIComponent(agent.name) + "/";
+      const control = (label, verb) => el("button", { type: "button", class: "small agent-" + verb, text: label, onclick: async (ev) => {
+        ev.target.disabled = true;
+        try { await hal.api("POST", path + verb); agentsLater(); }
+        catch (err) { hal.flash(err.message); ev.target.disabled = false; }
+      } });
+      return el("div", { class: "actions agent-controls" },
+        ["stopped", "crashed"].includes(agent.state) ? control("Start", "start") : null,
+        agent.state !== "stopped" ? control("Stop", "stop") : null);
+    }
+    /** An agent's unread mail, each with Drop (`hal msg drop`): a bad message no turn of it
+     * should get, the one a stop and start would run again included. */
+    function drawMailbox(box, agent, mail) {
+      hal.clear(box);
+      if (!mail.length) return;
+      const path = "/hive/agents/" + encodeURIComponent(agent.name) + "/messages/";
+      box.append(el("h4", { text: "Mailbox: " + mail.length + " unread" }), el("ol", { class: "messages" }, ...mail.map((m) => {
+        const item = el("li", { class: "msg", "data-message": m.id, "data-state": m.state },
+          el("span", { class: "who", text: m.sender + " → " + m.recipient }), " ",
+          el("span", { class: "muted", text: m.kind + " · " + m.state + " · " + hal.fmtAgo(m.created) }), " ",
+          el("button", { type: "button", class: "small drop", text: "Drop", onclick: async (ev) => {
+            ev.target.disabled = true;
+            try { await hal.api("DELETE", path + encodeURIComponent(m.id)); item.remove(); agentsLater(); }
+            catch (err) { hal.flash(err.message); ev.target.disabled = false; }
+          } }),
+          el("pre", { class: "body", text: m.body }));
+        return item;
+      })));
     }
     async function drawMessages() {
       const list = await hal.api("GET", "/hive/inbox?all=1");
@@ -246,7 +282,7 @@
       [drawThreads, drawAgents, drawMessages, drawReminders].map(hal.coalesce);
     hal.onHiveEvent = (event) => {
       if (THREAD_EVENTS.includes(event.type)) threadsLater();
-      if (["agent_state", "agent_crashed", "turn_finished"].includes(event.type)) agentsLater();
+      if (["agent_state", "agent_crashed", "turn_finished"].includes(event.type) || event.type.startsWith("message_")) agentsLater();
       if (event.type.startsWith("message_") || event.type === "question_answered") messagesLater();
       if (event.type.startsWith("reminder_")) remindersLater();
     };
