@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from hal9999.errors import HiveError
 from hal9999.hive import agents, approvals, broker, questions, stats
 from hal9999.hive.broker import OPERATOR, Message
 from hal9999.hive.reminders import list_reminders
@@ -163,14 +163,10 @@ class HiveAPI:
         """Take an unread message out of agent ``name``'s mailbox, so no turn gets it;
         refused while a turn of it that already took the message runs (stop it first)."""
         await asyncio.to_thread(get_agent, self.store, name)
-        if name in self.loop.turns:
-            found = await asyncio.to_thread(broker.get_message, self.store, message_id)
-            if found.recipient == name and found.state == "delivered":
-                raise HiveError(
-                    f"the turn of {name} under way already has message {message_id}",
-                    hint=f"stop the agent (`hal agent stop {name}`), then drop it",
-                )
-        return await asyncio.to_thread(broker.drop, self.store, name, message_id)
+        return await asyncio.to_thread(
+            partial(agents.drop_mail, turn_running=name in self.loop.turns),
+            self.store, self.config.home, name, message_id,
+        )  # fmt: skip
 
     async def reminders(self, name: str | None = None) -> list[Reminder]:
         """Every reminder (of agent ``name``)."""
