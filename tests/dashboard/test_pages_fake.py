@@ -308,13 +308,13 @@ def test_a_link_the_agent_prints_in_the_terminal_is_inert(
     # could plant a phishing link in its pane. The log drops OSC 8; the terminal must too.
     page, _ = live_task_page(browser, fake_dashboard)
     page.evaluate(
-        """() => new Promise((resolve) => {
-          const opened = hal.openTerminal(document.getElementById("terminal"), "t1", false);
+        """() => hal.openTerminal(document.getElementById("terminal"), "t1", false).then(
+          (opened) => new Promise((resolve) => {
           const link = "\\x1b]8;;https://evil.example/\\x1b\\\\CLICKME-CLICKME\\x1b]8;;\\x1b\\\\";
           const plant = () => opened.term.write("\\x1b[H" + link, resolve);
           if (opened.socket.readyState === WebSocket.CLOSED) plant();
           else opened.socket.addEventListener("close", plant);  // the fake has no terminal
-        })"""
+        }))"""
     )
     box = page.locator("#terminal .xterm-screen").bounding_box()
     assert box is not None

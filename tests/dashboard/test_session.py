@@ -180,6 +180,32 @@ def test_the_credential_belongs_to_its_origin_and_dies_with_the_key(tmp_path: Pa
     assert SessionKeeper(home).check(first, HOST) is None
 
 
+def test_only_the_key_holder_answers_a_pages_challenge_and_only_for_its_origin(
+    tmp_path: Path,
+) -> None:
+    import hashlib
+    import hmac
+
+    home = tmp_path / "home"
+    keeper = SessionKeeper(home)
+    credential = keeper.redeem(login_token(home), HOST)
+    assert credential is not None
+    handed = keeper.verifier(credential)
+    assert handed is not None and keeper.verifier(credential[:-1]) is None
+    sid, verifier = handed.split(".")
+    assert credential not in handed and verifier not in credential
+    challenge = "ab" * 16
+    expected = hmac.new(verifier.encode(), challenge.encode(), hashlib.sha256).hexdigest()
+    assert SessionKeeper(home).prove(sid, challenge, HOST) == expected  # a restart too
+    assert keeper.prove(sid, "cd" * 16, HOST) != expected  # another challenge
+    assert keeper.prove(sid, challenge, "127.0.0.1:8081") != expected  # a hal elsewhere
+    assert keeper.prove("0" * 32, challenge, HOST) != expected  # another session
+    (home / "dashboard.key").unlink()
+    assert keeper.prove(sid, challenge, HOST) is None  # no key, no proof
+    other = SessionKeeper(home)  # a new key: what it proves is no use to the old page
+    assert other.prove(sid, challenge, HOST) != expected
+
+
 def test_a_session_lasts_seven_days(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from itsdangerous import TimestampSigner
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.hive.crash_helpers import killed
 
-from hal9999.errors import AgentNotFound, HiveError, HiveLimited
+from hal9999.errors import AgentNotFound, HiveError, HiveLimited, NotFoundError
 from hal9999.events.bus import EventBus
 from hal9999.events.hive import AgentState, MessageSent
 from hal9999.hive import broker
@@ -114,6 +114,24 @@ def test_states_only_move_forward(store: Store) -> None:
     states = {m.id: m.state for m in inbox(store, "alice", include_read=True)}
     assert states == {first.id: "read", second.id: "delivered"}
     assert [m.id for m in inbox(store, "alice")] == [second.id]
+
+
+def test_a_dropped_message_leaves_the_mailbox_for_good(store: Store) -> None:
+    add_agent(store, "alice")
+    bad = send(store, sender=OPERATOR, recipient="alice", body="delete every branch")
+    taken = send(store, sender=OPERATOR, recipient="alice", body="taken by a turn")
+    kept = send(store, sender=OPERATOR, recipient="alice", body="fine")
+    mark(store, [taken.id], "delivered")  # a stopped turn's: the next one would get it again
+    assert broker.drop(store, "alice", bad.id).body == "delete every branch"
+    assert broker.drop(store, "alice", taken.id).id == taken.id
+    assert [m.id for m in inbox(store, "alice", include_read=True)] == [kept.id]
+    dropped = [e for e in hive_events_after(store, 0) if e.type == "message_dropped"]
+    assert [(e.agent, e.ids) for e in dropped] == [("alice", [bad.id]), ("alice", [taken.id])]
+    mark(store, [kept.id], "read")
+    for agent, message_id in (("alice", bad.id), ("alice", kept.id), ("bob", kept.id)):
+        with pytest.raises(NotFoundError, match="no unread message"):  # gone, read, not bob's
+            broker.drop(store, agent, message_id)
+    assert [m.id for m in inbox(store, "alice", include_read=True)] == [kept.id]
 
 
 def test_hive_events_share_the_task_events_counter(store: Store) -> None:

@@ -13,11 +13,19 @@ from typing import Any
 import pytest
 
 from hal9999.config import HalConfig
-from hal9999.errors import UnknownAgent, UnknownProvider
+from hal9999.errors import HiveError, NotFoundError, UnknownAgent, UnknownProvider
 from hal9999.events.hive import AgentState
 from hal9999.events.models import ToolCall, Usage
 from hal9999.hive import broker, stats, watch
-from hal9999.hive.agents import TURN_CHARS, TURN_ITEMS, AgentDir, build_prompt, first_batch, spawn
+from hal9999.hive.agents import (
+    TURN_CHARS,
+    TURN_ITEMS,
+    AgentDir,
+    build_prompt,
+    drop_mail,
+    first_batch,
+    spawn,
+)
 from hal9999.hive.broker import OPERATOR, SYSTEM, inbox, mark, send
 from hal9999.hive.retention import DAY_S, vacuum
 from hal9999.hive.store import (
@@ -231,6 +239,32 @@ def test_deliver_marks_only_after_the_ledger_holds_the_message(
     assert inbox(store, "alice")[0].state == "delivered"
     assert [e["id"] for e in loop.deliver("alice")] == [message.id]  # pending until a turn ends
     assert json.loads(AgentDir.of(config_home, "alice").mailbox.read_text())["body"] == "hello"
+
+
+def test_a_dropped_message_delivered_to_a_stopped_turn_never_reaches_a_turn(
+    store: Store,
+) -> None:
+    """A stopped turn's messages stay in the ledger past its cursor: the next turn (after a
+    start) got them again at once, a dropped one included, since the prompt is the ledger."""
+    config_home = Path(store.path).parent
+    paths = AgentDir.of(config_home, "alice")
+    paths.root.mkdir(parents=True)
+    loop = HiveLoop.__new__(HiveLoop)  # its store and home only: no daemon
+    loop.store, loop.home = store, config_home
+    bad = send(store, sender=OPERATOR, recipient="alice", body="delete every branch")
+    good = send(store, sender=OPERATOR, recipient="alice", body="fix the tests")
+    assert [e["id"] for e in loop.deliver("alice")] == [bad.id, good.id]  # the stopped turn's
+    with pytest.raises(HiveError, match="under way already has"):  # not while it runs
+        drop_mail(store, config_home, "alice", bad.id, turn_running=True)
+    assert drop_mail(store, config_home, "alice", bad.id).body == "delete every branch"
+    assert [e["id"] for e in loop.deliver("alice")] == [good.id]  # the next turn's prompt
+    assert [m.id for m in inbox(store, "alice")] == [good.id]
+    assert [e["id"] for e in paths.entries()] == [bad.id, good.id]  # its place kept, no body
+    assert "delete every branch" not in paths.mailbox.read_text()
+    with pytest.raises(NotFoundError):
+        drop_mail(store, config_home, "alice", bad.id)
+    paths.set_cursor(2)  # a turn took the good one: nothing is pending, and nothing comes back
+    assert loop.deliver("alice") == []
 
 
 def test_the_hive_budget_stops_turns_once_spent(store: Store, tmp_path: Path) -> None:

@@ -27,6 +27,14 @@ def dashboard_link(home: Path, port: int) -> str:
     return login_url(home, f"http://127.0.0.1:{port}")
 
 
+def dashboard_line(home: Path, port: int) -> str:
+    """``hal status``'s dashboard line: a login link on a terminal; elsewhere (a log, a
+    pipe) only the address and how to get a link, which is a credential."""
+    if sys.stdout.isatty():
+        return f"dashboard (the link works once, for 15 minutes): {dashboard_link(home, port)}"
+    return f"dashboard: http://127.0.0.1:{port}/ (`hal dashboard` prints a login link)"
+
+
 @cli.command()
 @json_option("Print JSON.")
 def dashboard(as_json: bool) -> None:

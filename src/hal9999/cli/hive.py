@@ -452,6 +452,28 @@ def inbox_(name: str | None, every: bool, as_json: bool) -> None:
         mark(a.store, [m.id for m in found if m.state != "read"], "read")
 
 
+@msg.command()
+@click.argument("name")
+@click.argument("message_id")
+@json_option("Print JSON.")
+def drop(name: str, message_id: str, as_json: bool) -> None:
+    """Drop MESSAGE_ID, unread, from agent NAME's mailbox: no turn of NAME gets it."""
+    from urllib.parse import quote
+
+    from hal9999.hive.store import get_agent
+
+    a = app()
+    get_agent(a.store, name)  # a name that is no path segment is named, not unroutable
+    if not message_id.strip():
+        raise UsageError("the message id must not be empty", hint=f"see `hal msg inbox {name}`")
+    path = f"/v1/hive/agents/{quote(name, safe='')}/messages/{quote(message_id, safe='')}"
+    data = _call(a, "`hal msg drop`", "DELETE", path)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"dropped {message_id} from {name}'s mailbox")
+
+
 # -- hal hive --------------------------------------------------------------------------
 @cli.group()
 def hive() -> None:

@@ -244,6 +244,9 @@ def status(as_json: bool) -> None:
         f"hal serve: pid {data['pid']}, up {data['uptime_s']:.0f}s, "
         f"socket {data['socket']}, port {data['port']}"
     )
+    from hal9999.cli.dashboard import dashboard_line
+
+    click.echo(dashboard_line(app().config.home, data["port"]))
     running = data["running"]
     click.echo(
         f"tasks: {len(running)} running (limit {data['max_concurrent']}), "

@@ -36,6 +36,7 @@ PAGES = {
 """Fixed pages: path -> (page name, title)."""
 _DROPPED = {b"cookie", b"authorization", b"origin", b"referer", SESSION_HEADER.encode()}
 """Browser headers the API never sees (it gets the bearer token instead)."""
+LOGIN_GONE = "this dashboard has no login key (log in with the link `hal dashboard` prints)"
 SCRIPTS = (
     "ansi.js", "core.js", "live.js", "render.js", "pages.js", "task.js", "terminal.js", "hive.js",
 )  # fmt: skip
@@ -46,10 +47,10 @@ def static_dir() -> Path:
     return Path(str(resources.files("hal9999.dashboard") / "static"))
 
 
-def shell(page: str, title: str, arg: str = "", credential: str = "") -> str:
+def shell(page: str, title: str, arg: str = "", credential: str = "", verifier: str = "") -> str:
     """The HTML of one page: no inline script, no data but the page's name and argument (and
-    in the answer to a login link only, the session's credential, which core.js moves to
-    storage)."""
+    in the answer to a login link only, the session's credential and the verifier it checks
+    the server with, which core.js moves to storage)."""
     vendor = [
         "/static/vendor/xterm-xterm/xterm.js",
         "/static/vendor/xterm-addon-fit/addon-fit.js",
@@ -60,7 +61,12 @@ def shell(page: str, title: str, arg: str = "", credential: str = "") -> str:
         for src in (*vendor, *(f"/static/js/{name}" for name in SCRIPTS))
     )
     e = html.escape
-    handed = f'<meta name="hal-session" content="{e(credential)}">' if credential else ""
+    handed = (
+        f'<meta name="hal-session" content="{e(credential)}">'
+        f'<meta name="hal-verifier" content="{e(verifier)}">'
+        if credential
+        else ""
+    )
     return (
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
@@ -132,9 +138,23 @@ def dashboard_app(
         # (and replace the address by "/", so the token leaves the address bar and the
         # history). Not a redirect: it must reach only this page, never a URL or a cookie.
         name, title = PAGES["/"]
+        verifier = sessions.verifier(credential) or ""
         return HTMLResponse(
-            shell(name, title, credential=credential), headers={"cache-control": "no-store"}
+            shell(name, title, credential=credential, verifier=verifier),
+            headers={"cache-control": "no-store"},
         )
+
+    async def hello(request: Request) -> Response:
+        # A page checks the server before it sends its credential (see auth.py): the answer
+        # proves the key without showing it, and only for this server's own origin.
+        sid, challenge = request.query_params.get("sid", ""), request.query_params.get("c", "")
+        if not (0 < len(sid) <= 64 and 16 <= len(challenge) <= 128):
+            return JSONResponse({"error": {"code": "bad_request",
+                                           "message": "sid and c are required"}}, 400)  # fmt: skip
+        proof = sessions.prove(sid, challenge, request.headers["host"])
+        if proof is None:
+            return JSONResponse({"error": {"code": "login_required", "message": LOGIN_GONE}}, 401)
+        return JSONResponse({"proof": proof}, headers={"cache-control": "no-store"})
 
     async def logout(request: Request) -> Response:
         session = session_of(request.scope)
@@ -159,6 +179,7 @@ def dashboard_app(
 
     routes: list[Any] = [
         Route("/login", login),
+        Route("/hello", hello),
         Route("/favicon.ico", favicon),
         Route("/logout", logout, methods=["POST"]),
         Route("/tasks/{task_id:str}", page("task", "Task")),

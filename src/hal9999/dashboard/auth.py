@@ -19,11 +19,24 @@ sending their credential there (and keep it in that origin's storage) for whatev
 on it next; a credential is accepted only on the host and port it was handed out on.
 Only this module knows the key; ``hal dashboard`` signs a link without asking the daemon
 (anyone who can read the key can already read the bearer token beside it).
+
+A restarted daemon takes the port it had when it is free, so the open pages carry on. While
+no daemon holds that port, any local user can listen on it, and the open pages would send
+their credential to it, to replay once hal is back on that origin. So a page sends its
+credential only to a server that has proved to hold the key: the login answer also hands it
+a verifier (an HMAC of the session id and origin under the key, never sent back), and after
+every connection it lost, the page sends ``/hello`` a random challenge and the session id
+(no secret) and checks the answer, the challenge's HMAC under that verifier
+(:meth:`SessionKeeper.prove`). Another program on the port cannot answer it, nor can a hal
+on another port relay it (the verifier is bound to the origin, and the gate refuses a
+``Host`` that is not its own).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import os
 import secrets
 import threading
@@ -117,6 +130,7 @@ class SessionKeeper:
         with contextlib.suppress(OSError):
             found = (self._home / KEY_NAME).stat()
             self._key_stamp = (found.st_ino, found.st_mtime_ns, found.st_size)
+        self._key = key.encode()
         self._login = _serializer(key, "hal-login")
         # Not "hal-session", the salt of the cookies of hal before: a browser may still hold
         # one, and its signature must not pass for a credential's.
@@ -168,6 +182,36 @@ class SessionKeeper:
             _write_stamped(self._used_file, self._used)
         session = {"sid": secrets.token_hex(16), "host": where.lower()}
         return str(self._session.dumps(session))
+
+    def verifier(self, credential: str) -> str | None:
+        """What the page of ``credential`` keeps to check the server: ``<session id>.<its
+        verifier>`` (None for a credential that is not valid)."""
+        from itsdangerous import BadData
+
+        if not self._key_current(create=False):
+            return None
+        try:
+            data = self._session.loads(credential, max_age=SESSION_MAX_AGE_S)
+        except BadData:
+            return None
+        if not isinstance(data, dict):
+            return None
+        sid, host = data.get("sid"), data.get("host")
+        if not isinstance(sid, str) or not isinstance(host, str):
+            return None
+        return f"{sid}.{self._verifier(sid, host)}"
+
+    def _verifier(self, sid: str, host: str) -> str:
+        return hmac.new(self._key, f"hal-dashboard-verify\n{sid}\n{host.lower()}".encode(),
+                        hashlib.sha256).hexdigest()  # fmt: skip
+
+    def prove(self, sid: str, challenge: str, where: str) -> str | None:
+        """The answer to a page's ``challenge`` for session ``sid`` on the ``Host``
+        ``where``: proof that this server holds the key (None while there is no key)."""
+        if not self._key_current(create=False):
+            return None
+        verifier = self._verifier(sid, where).encode()
+        return hmac.new(verifier, challenge.encode(), hashlib.sha256).hexdigest()
 
     def revoke(self, session: DashboardSession) -> None:
         """Log a session out: its credential is refused from now on (a copy of it included)."""

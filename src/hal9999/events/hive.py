@@ -53,6 +53,13 @@ class MessageRead(_HiveEvent):
     ids: list[str]
 
 
+class MessageDropped(_HiveEvent):
+    """The operator took unread messages out of an agent's mailbox: no turn gets them."""
+
+    type: Literal["message_dropped"] = "message_dropped"
+    ids: list[str]
+
+
 class AgentState(_HiveEvent):
     """An agent changed state (spawned, woke, slept, stopped, crashed, removed)."""
 
@@ -154,8 +161,8 @@ class ReminderDue(_HiveEvent):
 
 
 HiveEvent = Annotated[
-    MessageSent | MessageDelivered | MessageRead | AgentState | AgentCrashed | TurnFinished
-    | HiveGuard
+    MessageSent | MessageDelivered | MessageRead | MessageDropped | AgentState | AgentCrashed
+    | TurnFinished | HiveGuard
     | ApprovalAdded | ApprovalResolved | QuestionAsked | QuestionAnswered | QuestionExpired
     | ReminderSet | ReminderDue,
     Field(discriminator="type"),

@@ -221,8 +221,31 @@ class AgentDir:
         agentfs.write_host_file(self.cursor_file, iter([str(value).encode()]))
 
     def pending(self) -> list[dict[str, Any]]:
-        """Ledger entries no finished turn has taken yet."""
-        return self.entries()[self.cursor() :]
+        """Ledger entries no finished turn has taken yet (but those the operator dropped)."""
+        return [e for e in self.entries()[self.cursor() :] if not e.get("dropped")]
+
+    def drop(self, message_id: str) -> bool:
+        """Make the entry of ``message_id`` that no finished turn took a stub no turn gets
+        (one atomic rewrite; it keeps its id and place, so the cursor and the dedupe hold:
+        the message is never appended again). Whether there was one."""
+        with self.locked():
+            try:
+                lines = self.mailbox.read_bytes().splitlines()
+            except FileNotFoundError:
+                return False
+            cursor, index, found, kept = self.cursor(), 0, False, []
+            for line in lines:
+                entry = _ledger_entry(line)
+                if entry is not None:
+                    if index >= cursor and entry["id"] == message_id and not entry.get("dropped"):
+                        stub = {"id": message_id, "kind": entry.get("kind"),
+                                "created": entry.get("created"), "dropped": True}  # fmt: skip
+                        line, found = json.dumps(stub).encode(), True
+                    index += 1
+                kept.append(line)
+            if found:
+                agentfs.write_host_file(self.mailbox, iter([b"".join(x + b"\n" for x in kept)]))
+            return found
 
     def scrub(self, before: float, *, dry_run: bool = False) -> int:
         """Retention of the ledger: the entries finished turns took that were created before
@@ -367,6 +390,24 @@ def set_state(
 
     return update_agent(store, name, expect=expect, also=record, state=state, detail=detail,
                         **fields)  # fmt: skip
+
+
+def drop_mail(
+    store: Store, home: Path, name: str, message_id: str, *, turn_running: bool = False
+) -> Message:
+    """Take an unread message out of agent ``name``'s mailbox: its ledger entry first (a
+    delivered one is there, and a stopped turn's next turn would get it), then its record.
+    In that order: a process killed in between leaves the record, which dropping again
+    removes, never an entry a turn would get. With ``turn_running``, a delivered message
+    (the running turn's) is refused: that turn has it already."""
+    found = broker.unread_message(store, name, message_id)
+    if turn_running and found.state == "delivered":
+        raise HiveError(
+            f"the turn of {name} under way already has message {message_id}",
+            hint=f"stop the agent (`hal agent stop {name}`), then drop it",
+        )
+    AgentDir.of(home, name).drop(message_id)
+    return broker.drop(store, name, message_id)
 
 
 def forget(store: Store, home: Path, name: str, *, also: InTransaction | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from hal9999.hive import agents, approvals, broker, questions, stats
@@ -157,6 +158,15 @@ class HiveAPI:
         chosen = [m.id for m in unread if m.id in wanted]
         await asyncio.to_thread(broker.mark, self.store, chosen, "read")
         return chosen
+
+    async def drop_message(self, name: str, message_id: str) -> Message:
+        """Take an unread message out of agent ``name``'s mailbox, so no turn gets it;
+        refused while a turn of it that already took the message runs (stop it first)."""
+        await asyncio.to_thread(get_agent, self.store, name)
+        return await asyncio.to_thread(
+            partial(agents.drop_mail, turn_running=name in self.loop.turns),
+            self.store, self.config.home, name, message_id,
+        )  # fmt: skip
 
     async def reminders(self, name: str | None = None) -> list[Reminder]:
         """Every reminder (of agent ``name``)."""

@@ -25,12 +25,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from hal9999.errors import AgentNotFound, HiveError, HiveLimited
+from hal9999.errors import AgentNotFound, HiveError, HiveLimited, NotFoundError
 from hal9999.events.hive import (
     AgentState,
     HiveEvent,
     HiveGuard,
     MessageDelivered,
+    MessageDropped,
     MessageRead,
     MessageSent,
 )
@@ -450,6 +451,37 @@ def _mark(
         )
         recorded.append(insert_hive_event(conn, event))
     return [message_id for moved in by_agent.values() for message_id in moved]
+
+
+_UNREAD = f"{_SELECT} WHERE id = ? AND recipient = ? AND state != 'read'"
+
+
+def _not_in(agent: str, message_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"no unread message {message_id!r} in {agent}'s mailbox",
+        hint=f"list it with `hal msg inbox {agent}`",
+    )
+
+
+def unread_message(store: Store, agent: str, message_id: str) -> Message:
+    """A message in ``agent``'s mailbox not read yet (else a NotFoundError)."""
+    rows = store._query(_UNREAD, (message_id, agent))
+    if not rows:
+        raise _not_in(agent, message_id)
+    return _message(rows[0])
+
+
+def drop(store: Store, agent: str, message_id: str) -> Message:
+    """Take a message ``agent`` has not read out of its mailbox (deleted, with a
+    ``message_dropped`` event): no turn gets it, the one after a stop and start included.
+    A message that is not there unread is a NotFoundError."""
+    with hive_write(store) as (conn, recorded):
+        row = conn.execute(_UNREAD, (message_id, agent)).fetchone()
+        if row is None:
+            raise _not_in(agent, message_id)
+        conn.execute("DELETE FROM hive_messages WHERE id = ?", (message_id,))
+        recorded.append(insert_hive_event(conn, MessageDropped(agent=agent, ids=[message_id])))
+    return _message(row)
 
 
 def retire(conn: sqlite3.Connection, recorded: list[HiveEvent], agent: str) -> None:

@@ -178,7 +178,7 @@ class Daemon:
         # path); browsers reach the dashboard over TCP.
         api_only = build_app(context, routes, dashboard=False)
         await self.http.listen_unix(str(sock), api_only)  # mode 600 from its creation
-        port = await self.http.listen_tcp("127.0.0.1", 0)
+        port = await self._listen_local()
         await self._listen_elsewhere()
         tls_port = self.listen.port if self.listen is not None else None
         self.info = DaemonInfo(os.getpid(), str(sock), port, self.started_at, tls_port)
@@ -260,6 +260,25 @@ class Daemon:
                 vacuum_forever(self.store, s, self.config.home), name="hive-vacuum"
             ),
         ]
+
+    async def _listen_local(self) -> int:
+        """Listen on 127.0.0.1 at the port the daemon before had, when it is free (the
+        dashboard's open pages and bookmarks carry on), else at a free one; and record it."""
+        assert self.http is not None
+        wanted = self.files.last_port()
+        port = None
+        if wanted is not None:
+            try:
+                port = await self.http.listen_tcp("127.0.0.1", wanted)
+            except OSError as exc:  # taken meanwhile: the dashboard moves, and says so
+                logger.warning("hal serve: port %d is taken (%s): using another", wanted, exc)
+        if port is None:
+            port = await self.http.listen_tcp("127.0.0.1", 0)
+        try:
+            self.files.remember_port(port)
+        except OSError as exc:  # the next start picks a free port instead: no reason to stop
+            logger.warning("hal serve: cannot record port %d: %s", port, exc)
+        return port
 
     async def _listen_elsewhere(self) -> None:
         """``hal serve --listen``: one more listener, TLS only (see hal9999.dashboard.tls)."""

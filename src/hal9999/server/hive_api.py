@@ -128,6 +128,10 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
             raise ConfigError("ids must be a list of message ids (strings)")
         return {"marked": await daemon.hive_api.mark_read(ids)}
 
+    async def drop(request: Request) -> Any:
+        name, message_id = request.params["name"], request.params["id"]
+        return (await daemon.hive_api.drop_message(name, message_id)).model_dump(mode="json")
+
     async def run_vacuum(request: Request) -> Any:
         body = request.json()
         return await daemon.hive_api.vacuum(dry_run=_flag(body, "dry_run"))
@@ -182,6 +186,9 @@ def add_hive_routes(router: Router, daemon: Daemon) -> None:
         "Mark the operator's listed unread messages read (the others are left as they are).",
         body={"type": "object", "required": ["ids"], "properties": {
             "ids": {"type": "array", "items": {"type": "string"}}}}, response=obj)  # fmt: skip
+    add("DELETE", "/v1/hive/agents/{name}/messages/{id}", drop,
+        "Drop an unread message from an agent's mailbox (no turn gets it).",
+        response=obj)  # fmt: skip
     add("POST", "/v1/hive/vacuum", run_vacuum, "Apply the hive's retention.",
         body={"type": "object", "properties": {"dry_run": {"type": "boolean"}}},
         response=obj)  # fmt: skip

@@ -323,9 +323,13 @@ def _unusable_socket(path: str, exc: OSError) -> HomeError:
 def tcp_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     """A listening TCP socket (a free port when ``port`` is 0; IPv6 for a host with ``:``)."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:  # a taken port: the caller may try another
+        sock.close()
+        raise
     sock.setblocking(False)
     return sock
 

@@ -6,6 +6,7 @@
     <home>/run/serve.json   pid, socket path, TCP port, start time of the running daemon
     <home>/run/serve.lock   held (flock) by the running daemon: one per home
     <home>/run/serve.log    the detached daemon's log
+    <home>/run/serve.port   the TCP port the last daemon had: the next takes it when free
 """
 
 from __future__ import annotations
@@ -62,6 +63,25 @@ class DaemonFiles:
     def lock_file(self) -> Path:
         """Held by the running daemon."""
         return self.paths.run / "serve.lock"
+
+    @property
+    def port_file(self) -> Path:
+        """The last daemon's TCP port (kept when it stops: the dashboard's address)."""
+        return self.paths.run / "serve.port"
+
+    def last_port(self) -> int | None:
+        """The TCP port the last daemon had, if one is recorded (and is a port)."""
+        try:
+            text = self.port_file.read_text().strip()
+        except OSError:  # none yet, or unreadable: a free port will do
+            return None
+        return int(text) if text.isdigit() and 0 < int(text) < 65536 else None
+
+    def remember_port(self, port: int) -> None:
+        """Record the daemon's TCP port for the next start (atomically)."""
+        from hal9999 import fs
+
+        fs.write_text(self.port_file, f"{port}\n", mode=0o600, durable=False)
 
     @property
     def log_file(self) -> Path:

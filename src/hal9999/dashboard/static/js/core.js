@@ -13,17 +13,62 @@
   // origin's alone (scheme, host and port). A login answer carries the credential in a
   // <meta>: keep it, drop the tag, and show "/" instead of the one-time link. Every tab of
   // this origin reads it here, at each request (a new login in one tab serves them all).
-  const SESSION = "hal-session";
+  const SESSION = "hal-session", VERIFIER = "hal-verifier";
   const handed = document.querySelector('meta[name="' + SESSION + '"]');
   if (handed) {
+    const verifier = document.querySelector('meta[name="' + VERIFIER + '"]');
     localStorage.setItem(SESSION, handed.getAttribute("content"));
+    localStorage.setItem(VERIFIER, verifier ? verifier.getAttribute("content") : "");
     handed.remove();
+    if (verifier) verifier.remove();
     history.replaceState(null, "", "/");
   }
   localStorage.removeItem("hal-proof"); // what hal kept before: it proves nothing now
   hal.credential = () => localStorage.getItem(SESSION) || "";
-  /** The headers that prove a request comes from a page of this dashboard's session. */
-  hal.sessionHeaders = () => ({ "x-hal-session": hal.credential() });
+
+  // The credential goes only to a server that proved it holds the dashboard's key (see
+  // dashboard/auth.py): while hal is stopped, any local user may listen on its port, and an
+  // open page would hand them its credential at its next request. The proof is asked for at
+  // the first request and again after every lost connection (hal.doubt).
+  const hex = (buffer) => [...new Uint8Array(buffer)].map((b) => b.toString(16).padStart(2, "0")).join("");
+  const utf8 = (text) => new TextEncoder().encode(text);
+  /** Why no credential was sent: "down" (nothing answers), "impostor" (something that is not
+   * this hal answers on its address) or "login" (this page holds no valid session). */
+  hal.Unproven = class extends Error { constructor(kind, message) { super(message); this.kind = kind; } };
+  const LOGGED_OUT = "Logged out: run `hal dashboard` and open the link it prints.";
+  const IMPOSTOR = "The server at this address is not this dashboard's hal (another program took its port while hal was stopped?): nothing was sent to it. Waiting for hal to be back.";
+  async function prove() {
+    const [sid, verifier] = (localStorage.getItem(VERIFIER) || "").split(".");
+    if (!sid || !verifier || !hal.credential()) throw new hal.Unproven("login", LOGGED_OUT);
+    const challenge = hex(crypto.getRandomValues(new Uint8Array(16)));
+    let response;
+    try {
+      response = await fetch("/hello?sid=" + encodeURIComponent(sid) + "&c=" + challenge, { credentials: "omit", cache: "no-store" });
+    } catch (err) { throw new hal.Unproven("down", "hal serve is not reachable (is it running? `hal status`)"); }
+    if (response.status === 401) throw new hal.Unproven("login", LOGGED_OUT);
+    const data = await response.json().catch(() => ({}));
+    const key = await crypto.subtle.importKey("raw", utf8(verifier), { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+    const expected = hex(await crypto.subtle.sign("HMAC", key, utf8(challenge)));
+    if (!data || data.proof !== expected) throw new hal.Unproven("impostor", IMPOSTOR);
+  }
+  let proven = null;
+  /** Resolves once this server proved it is the dashboard's hal (throws hal.Unproven). */
+  hal.proven = () => {
+    if (!proven) proven = prove().catch((err) => { proven = null; throw err; });
+    return proven;
+  };
+  /** A connection was lost: whoever answers next proves itself again. */
+  hal.doubt = () => { proven = null; };
+  /** The headers that prove a request comes from a page of this dashboard's session, once
+   * the server has proved itself. */
+  hal.sessionHeaders = async () => {
+    try { await hal.proven(); } catch (err) {
+      if (err.kind === "login") hal.loggedOut();
+      if (err.kind === "impostor") hal.flash(err.message);
+      throw err;
+    }
+    return { "x-hal-session": hal.credential() };
+  };
 
   /** Only links inside this dashboard: a "javascript:" or foreign URL becomes inert. A URL
    * parser drops tabs and line breaks and reads "\\" as "/": "/\t/evil.example" is "//evil...". */
@@ -79,12 +124,14 @@
 
   /** Calls the daemon's JSON API (as /api/...); throws an Error with its one-line message. */
   hal.api = async function (method, path, body) {
-    const init = { method, credentials: "omit", headers: hal.sessionHeaders() };
+    const init = { method, credentials: "omit", headers: await hal.sessionHeaders() };
     if (body !== undefined) {
       init.headers["content-type"] = "application/json";
       init.body = JSON.stringify(body);
     }
-    const response = await fetch("/api" + path, init);
+    let response;
+    try { response = await fetch("/api" + path, init); }
+    catch (err) { hal.doubt(); throw new Error("hal serve is not reachable (is it running? `hal status`)"); }
     const text = await response.text();
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch (e) { data = null; }
@@ -98,7 +145,7 @@
 
   hal.loggedOut = () => {
     const main = document.getElementById("main");
-    if (main) hal.clear(main).append(hal.el("p", { class: "error", text: "Logged out: run `hal dashboard` and open the link it prints." }));
+    if (main) hal.clear(main).append(hal.el("p", { class: "error", text: LOGGED_OUT }));
   };
 
   hal.fmtTime = (ts) => (ts ? new Date(ts * 1000).toLocaleString() : "");

@@ -43,6 +43,51 @@
     return (s >= 3600 ? Math.floor(s / 3600) + "h " : "") + Math.floor((s % 3600) / 60) + "m " + (s % 60) + "s left";
   };
 
+  /** A span of time as people say it: "6 d 23 h", "5 h 3 min", "4 min", "12 s". */
+  hal.fmtSpan = (seconds) => {
+    const s = Math.max(0, Math.round(seconds)), d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+    if (d) return d + " d" + (h ? " " + h + " h" : "");
+    if (h) return h + " h" + (m ? " " + m + " min" : "");
+    if (m) return m + " min";
+    return s + " s";
+  };
+  /** When a proposal expires: "expires in 6 d 23 h (<its local date and time>)". */
+  const expiry = (expires) => {
+    if (!expires) return "never expires";
+    const s = expires - Date.now() / 1000;
+    return (s <= 0 ? "expired" : "expires in " + hal.fmtSpan(s)) + " (" + hal.fmtTime(expires) + ")";
+  };
+
+  const FIELDS = { name: "Name", agent: "Agent", provider: "Provider", repo: "Repository", role: "Role" };
+  /** A spawn, destroy or tool proposal's details as labelled fields (not JSON): the known
+   * ones first, in a fixed order, then the rest; long or multi-line text as a block. */
+  function proposalFields(payload) {
+    const list = el("dl", { class: "facts proposal-fields payload" });
+    const keys = [...Object.keys(FIELDS).filter((k) => k in payload), ...Object.keys(payload).filter((k) => !(k in FIELDS)).sort()];
+    for (const key of keys) {
+      const value = payload[key];
+      if (value === null || value === undefined || value === "") continue;
+      const text = typeof value === "string" ? value : JSON.stringify(value);
+      const label = FIELDS[key] || key.replace(/_/g, " ");
+      list.append(el("dt", { text: label }), el("dd", { "data-field": key },
+        text.includes("\n") || text.length > 120 ? el("pre", { class: "field-text", text }) : text));
+    }
+    if (!list.childElementCount) list.append(el("dt", { text: "details" }), el("dd", { text: "none" }));
+    return list;
+  }
+
+  /** An apply's context from ``hal approvals show``: the agent's summary and what approving
+   * now would do (or why it would be refused). */
+  function applyContext(approval, view) {
+    const box = [];
+    const summary = (view.approval && view.approval.payload || approval.payload || {}).summary;
+    if (summary) box.push(el("div", { class: "summary" }, el("strong", { text: "Summary from " + approval.proposer + ":" }), el("pre", { class: "summary-text", text: summary })));
+    const preview = view.preview || {};
+    if (preview.refused) box.push(el("p", { class: "warning refused", text: "Approving now would be refused: " + preview.refused }));
+    else if (preview.how) box.push(el("p", { class: "muted preview", text: "Approving now: " + preview.how + " of " + preview.target }));
+    return box;
+  }
+
   function approvalCard(approval) {
     const reason = el("input", { class: "reason", placeholder: "Reason (sent to " + approval.proposer + ")" });
     const diff = el("div", { class: "approval-diff" });
@@ -57,18 +102,19 @@
     const card = el("article", { class: "card approval", "data-approval": approval.id },
       el("h3", {}, hal.badge(approval.kind), " ", el("span", { class: "title", text: approval.title })),
       el("p", { class: "muted", text: "from " + approval.proposer + " · " + hal.fmtAgo(approval.created) }),
-      el("p", { class: "time-left", "data-expires": approval.expires || "", text: left(approval.expires) }),
+      el("p", { class: "expiry", "data-expires": approval.expires || "", text: expiry(approval.expires) }),
       diff,
       el("div", { class: "actions" }, reason,
         el("button", { type: "button", class: "approve", text: "Approve", onclick: decide("approve") }),
         el("button", { type: "button", class: "deny", text: "Deny", onclick: decide("deny") })));
     if (approval.kind === "apply") {
       hal.api("GET", "/hive/approvals/" + encodeURIComponent(approval.id)).then((view) => {
+        diff.append(...applyContext(approval, view));
         diff.append(el("pre", { class: "commits", text: view.commits || "" }), hal.renderDiff(view.review || ""));
         if (view.diff_truncated) diff.append(el("p", { class: "muted", text: "(diff cut: see `hal approvals show`)" }));
       }).catch((err) => diff.append(el("p", { class: "error", text: err.message })));
     } else {
-      diff.append(el("pre", { class: "payload", text: JSON.stringify(approval.payload, null, 2) }));
+      diff.append(proposalFields(approval.payload || {}));
     }
     return card;
   }
@@ -159,12 +205,48 @@
       if (!list.length) agents.append(el("p", { class: "muted", text: "No agents yet (`hal hive init`)." }));
       for (const agent of list) {
         const stats = el("div", { class: "stats" });
-        agents.append(el("article", { class: "card agent", "data-agent": agent.name },
+        const mailbox = el("div", { class: "agent-mailbox" });
+        agents.append(el("article", { class: "card agent", "data-agent": agent.name, "data-state": agent.state },
           el("h3", {}, el("span", { text: agent.name }), " ", hal.badge(agent.state), agent.kind === "manager" ? " manager" : ""),
           el("p", { class: "muted", text: agent.agent + " on " + agent.provider + (agent.detail ? " · " + agent.detail : "") }),
-          agent.task_id ? el("a", { href: "/tasks/" + agent.task_id, text: "its task" }) : null, stats));
-        hal.api("GET", "/hive/agents/" + encodeURIComponent(agent.name) + "/stats").then((s) => statsChart(stats, s)).catch(() => {});
+          agentControls(agent),
+          agent.task_id ? el("a", { href: "/tasks/" + agent.task_id, text: "its task" }) : null, mailbox, stats));
+        const name = encodeURIComponent(agent.name);
+        hal.api("GET", "/hive/agents/" + name + "/stats").then((s) => statsChart(stats, s)).catch(() => {});
+        hal.api("GET", "/hive/inbox?name=" + name).then((mail) => drawMailbox(mailbox, agent, mail)).catch(() => {});
       }
+    }
+    /** Start (a stopped or crashed agent) and Stop: the hive API the CLI's `hal agent
+     * start/stop` call. */
+    function agentControls(agent) {
+      const path = "/hive/agents/" + encodeURIComponent(agent.name) + "/";
+      const control = (label, verb) => el("button", { type: "button", class: "small agent-" + verb, text: label, onclick: async (ev) => {
+        ev.target.disabled = true;
+        try { await hal.api("POST", path + verb); agentsLater(); }
+        catch (err) { hal.flash(err.message); ev.target.disabled = false; }
+      } });
+      return el("div", { class: "actions agent-controls" },
+        ["stopped", "crashed"].includes(agent.state) ? control("Start", "start") : null,
+        agent.state !== "stopped" ? control("Stop", "stop") : null);
+    }
+    /** An agent's unread mail, each with Drop (`hal msg drop`): a bad message no turn of it
+     * should get, the one a stop and start would run again included. */
+    function drawMailbox(box, agent, mail) {
+      hal.clear(box);
+      if (!mail.length) return;
+      const path = "/hive/agents/" + encodeURIComponent(agent.name) + "/messages/";
+      box.append(el("h4", { text: "Mailbox: " + mail.length + " unread" }), el("ol", { class: "messages" }, ...mail.map((m) => {
+        const item = el("li", { class: "msg", "data-message": m.id, "data-state": m.state },
+          el("span", { class: "who", text: m.sender + " → " + m.recipient }), " ",
+          el("span", { class: "muted", text: m.kind + " · " + m.state + " · " + hal.fmtAgo(m.created) }), " ",
+          el("button", { type: "button", class: "small drop", text: "Drop", onclick: async (ev) => {
+            ev.target.disabled = true;
+            try { await hal.api("DELETE", path + encodeURIComponent(m.id)); item.remove(); agentsLater(); }
+            catch (err) { hal.flash(err.message); ev.target.disabled = false; }
+          } }),
+          el("pre", { class: "body", text: m.body }));
+        return item;
+      })));
     }
     async function drawMessages() {
       const list = await hal.api("GET", "/hive/inbox?all=1");
@@ -192,13 +274,15 @@
     setInterval(() => { // the countdowns move locally; nothing is fetched
       for (const node of document.querySelectorAll(".time-left[data-expires]"))
         if (node.dataset.expires) node.textContent = left(Number(node.dataset.expires));
+      for (const node of document.querySelectorAll(".expiry[data-expires]"))
+        if (node.dataset.expires) node.textContent = expiry(Number(node.dataset.expires));
     }, 1000);
     // An event makes its list be read again: one read in flight per list (hal.coalesce).
     const [threadsLater, agentsLater, messagesLater, remindersLater] =
       [drawThreads, drawAgents, drawMessages, drawReminders].map(hal.coalesce);
     hal.onHiveEvent = (event) => {
       if (THREAD_EVENTS.includes(event.type)) threadsLater();
-      if (["agent_state", "agent_crashed", "turn_finished"].includes(event.type)) agentsLater();
+      if (["agent_state", "agent_crashed", "turn_finished"].includes(event.type) || event.type.startsWith("message_")) agentsLater();
       if (event.type.startsWith("message_") || event.type === "question_answered") messagesLater();
       if (event.type.startsWith("reminder_")) remindersLater();
     };

@@ -18,7 +18,7 @@
       this.controller = null;
       this.stopped = false;
       this.connected = null; // resolves once the first response started (we are subscribed)
-      this.stats = { connects: 0, events: 0, duplicates: 0 };
+      this.stats = { connects: 0, events: 0, duplicates: 0, resyncs: 0 };
       this.listeners = [];
     }
 
@@ -55,7 +55,7 @@
       while (!this.stopped) {
         this.controller = new AbortController();
         try {
-          const headers = { ...hal.sessionHeaders(), accept: "text/event-stream" };
+          const headers = { ...(await hal.sessionHeaders()), accept: "text/event-stream" };
           if (this.lastGseq > 0) headers["last-event-id"] = String(this.lastGseq);
           const response = await fetch("/api/events/stream", { headers, credentials: "omit", signal: this.controller.signal, cache: "no-store" });
           if (response.status === 401) { hal.loggedOut(); this._ready(); return; }
@@ -64,10 +64,15 @@
           this._state("live");
           this._ready();
           delay = 250;
+          // Back after a lost connection (a restarted daemon, a network gap): the page reads
+          // its snapshot again, subscribed first, so what changed meanwhile shows.
+          if (this.stats.connects > 1) this._resync({ type: "resync", reason: "reconnected" });
           await this._read(response.body.getReader());
         } catch (err) {
+          if (err && err.kind === "login") { this._state("logged out"); this._ready(); return; }
           if (this.stopped) break;
         }
+        hal.doubt(); // whoever answers next must prove it is this hal again
         this._state("reconnecting");
         this._ready(); // a page never waits forever on a daemon that is down
         await new Promise((r) => setTimeout(r, delay));
@@ -115,8 +120,7 @@
       if (name === "resync" || event.type === "resync") {
         // Too far behind: the page reads its snapshot again.
         if (id && /^\d+$/.test(id)) this.lastGseq = parseInt(id, 10);
-        if (this.options.onResync) this.options.onResync(event);
-        for (const l of this.listeners) if (l.onResync) l.onResync(event);
+        this._resync(event);
         return;
       }
       const gseq = id && /^\d+$/.test(id) ? parseInt(id, 10) : (event.gseq || 0);
@@ -125,6 +129,12 @@
       this.stats.events++;
       if (this.holding) this.held.push(event);
       else this._deliver(event);
+    }
+
+    _resync(event) {
+      this.stats.resyncs++;
+      if (this.options.onResync) this.options.onResync(event);
+      for (const l of this.listeners) if (l.onResync) l.onResync(event);
     }
 
     _deliver(event) {

@@ -86,7 +86,7 @@
 
     async function loadDiff() {
       try {
-        const response = await fetch("/files/tasks/" + record.id + "/patch", { credentials: "omit", headers: hal.sessionHeaders() });
+        const response = await fetch("/files/tasks/" + record.id + "/patch", { credentials: "omit", headers: await hal.sessionHeaders() });
         if (!response.ok) {
           const data = await response.json().catch(() => ({}));
           hal.clear(diffBox).append(el("p", { class: "muted", text: (data.error && data.error.message) || "no patch" }));

@@ -5,7 +5,8 @@
   const hal = (window.hal = window.hal || {});
   let current = null;
 
-  hal.openTerminal = function (box, taskId, write) {
+  hal.openTerminal = async function (box, taskId, write) {
+    const credential = (await hal.sessionHeaders())["x-hal-session"]; // this hal, proven
     if (current) { current.socket.close(); current.term.dispose(); current = null; }
     hal.clear(box);
     box.classList.add("open");
@@ -27,7 +28,7 @@
     if (write) url += "?write=1";
     // A WebSocket cannot send headers: the credential goes as a subprotocol, checked in the
     // handshake (the server answers "hal").
-    const socket = new WebSocket(url, ["hal", "hal-session." + hal.credential()]);
+    const socket = new WebSocket(url, ["hal", "hal-session." + credential]);
     socket.binaryType = "arraybuffer";
     socket.onopen = () => socket.send(JSON.stringify({ resize: [term.cols, term.rows] }));
     socket.onmessage = (msg) => {
