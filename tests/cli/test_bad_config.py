@@ -4,12 +4,11 @@ hal's own words naming the table and key, refused before a task exists."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.cli.quick_agents import quick_agents_path
+from tests.support.cli import quick_path
 from tests.support.hal import Hal, no_sessions, one_error_line, tasks_json
 
 RUN = ("run", "--agent", "true {{prompt_file}}", "x")
@@ -103,13 +102,6 @@ def test_a_table_of_an_unknown_provider_is_refused(
     line = one_error_line(out)
     assert f"[{table}]: no provider named" in line and "(providers: bwrap, " in line, line
     assert tasks_json(hal) == [] and no_sessions(hal_env)
-
-
-def quick_path(hal_env: dict[str, str]) -> str:
-    """The PATH of the doctor runs here, which look at the config check: the agent CLIs
-    answer at once (tests/cli/quick_agents.py)."""
-    stubs = Path(hal_env["HAL_HOME"]).parent / "quick-agents"
-    return quick_agents_path(stubs, os.environ.get("PATH", "/usr/bin:/bin"))
 
 
 def doctor_checks(hal: Hal, hal_env: dict[str, str]) -> dict[str, dict[str, Any]]:

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from tests.cli.test_bad_config import quick_path
 from tests.fakes.forge_api import TOKEN, FakeForge
 from tests.forges.conftest import forge as forge  # the fixture
+from tests.support.cli import quick_path
 from tests.support.hal import Hal, one_error_line
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]

@@ -17,6 +17,13 @@ from tests.cli.quick_agents import quick_agents_path
 from tests.support.hal import Hal, tasks_json
 
 
+def quick_path(hal_env: dict[str, str]) -> str:
+    """The PATH for a ``hal doctor`` run, which look at the config check: the agent CLIs
+    answer at once (tests/cli/quick_agents.py)."""
+    stubs = Path(hal_env["HAL_HOME"]).parent / "quick-agents"
+    return quick_agents_path(stubs, os.environ.get("PATH", "/usr/bin:/bin"))
+
+
 def hal_processes_of(task: dict[str, object]) -> list[str]:
     """Command lines of live processes that belong to the task's session."""
     needle = str(task["session_dir"]).encode()
