@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import pytest
-from tests.dashboard.test_live_daemon import Hal
 from tests.hive.conftest import agent_commit, git
+from tests.support.dashboard import Hal
 
 from hal9999.hive import approvals
 from hal9999.hive.agents import set_state

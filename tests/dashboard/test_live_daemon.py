@@ -6,53 +6,19 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from tests.dashboard.conftest import credential_in
-from tests.support.hal import BUGGY_CALC, commit_repo, git, private_env
+from tests.support.dashboard import LINES, Hal
+from tests.support.hal import git
 
 from hal9999.dashboard.auth import SESSION_HEADER
 
 pytestmark = [pytest.mark.browser, pytest.mark.bwrap, pytest.mark.tmux]
-
-LINES = 40
-SLOW = f"""#!/bin/sh
-# Prints numbered lines slowly, with colour, then edits a file.
-i=1
-while [ $i -le {LINES} ]; do
-  printf '\\033[32mline %d\\033[0m of {LINES}\\n' $i
-  i=$((i + 1))
-  sleep 0.1
-done
-echo "def add(a, b):\\n    return a + b" > calc.py
-"""
-
-
-class Hal:
-    """A ``hal serve`` on a private home over a demo repository."""
-
-    def __init__(self, root: Path) -> None:
-        self.repo = commit_repo(root / "repo", {"calc.py": BUGGY_CALC, "slow.sh": SLOW})
-        self.home = root / "halhome"
-        self.env = private_env(self.home, root / "xdg", HAL_PROVIDER="bwrap")
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "hal9999", *args],
-            cwd=self.repo, env=self.env, capture_output=True, text=True, timeout=60,
-        )  # fmt: skip
-
-    def link(self) -> str:
-        out = self("dashboard", "--json")
-        assert out.returncode == 0, out.stderr
-        return str(json.loads(out.stdout)["url"])
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.dashboard.test_live_daemon import Hal
+from tests.support.dashboard import Hal
 
 pytestmark = [pytest.mark.browser]
 
