@@ -24,6 +24,8 @@ from tests.support.hal import git
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
 
 AGENT = Path(__file__).with_name("canary_agent.py")
+BASH_AGENT = Path(__file__).with_name("canary_agent.sh")
+"""The same hostile agent in bash, for the docker provider's image (no python)."""
 KEY_VAR = "CANARY_LLM_KEY"
 """The caller's variable holding the canary (``api_key_env``): not the preset's own, so no
 placeholder the launcher copies over it can hide it."""
@@ -53,6 +55,15 @@ PRESETS: dict[str, Api] = {
                   "gemini-2.5-pro"),
 }  # fmt: skip
 """Every preset installable here (goose is not) and the call its hostile stand-in makes."""
+SANDBOXES = [
+    *[pytest.param(agent, "bwrap", id=agent) for agent in sorted(PRESETS)],
+    *[
+        pytest.param(agent, "docker", id=f"{agent}-docker", marks=[pytest.mark.podman])
+        for agent in ("claude", "codex")
+    ],
+]
+"""Every preset on bwrap; on docker (Podman: its image has no python, the hostile agent is
+bash) the preset that holds its key in its own variable and one whose key is an OpenAI one."""
 
 
 @pytest.fixture
@@ -68,21 +79,26 @@ def canary_key() -> str:
 
 
 def plant_agent(repo: Path, api: Api) -> None:
-    """The hostile agent and what it calls, committed to the task's repo."""
-    shutil.copy(AGENT, repo / "canary_agent.py")
-    (repo / "canary_agent.py").chmod(0o755)
+    """The hostile agents and what they call, committed to the task's repo."""
+    for agent in (AGENT, BASH_AGENT):
+        shutil.copy(agent, repo / agent.name)
+        (repo / agent.name).chmod(0o755)
     plan = {"path": api.path, "header": api.header, "body": api.body}
     (repo / "canary.json").write_text(json.dumps(plan))
-    git(repo, "add", "canary_agent.py", "canary.json")
+    (repo / "canary.plan").write_text(f"{api.path}\n{api.header}\n{json.dumps(api.body)}\n")
+    git(repo, "add", AGENT.name, BASH_AGENT.name, "canary.json", "canary.plan")
     git(repo, "commit", "-qm", "hostile agent")
 
 
-def configure(path: TaskPath, agent: str, api: Api, server: ScriptedLLMServer) -> None:
-    """Point ``agent`` at the scripted server, its key in the caller's :data:`KEY_VAR`."""
+def configure(
+    path: TaskPath, agent: str, api: Api, server: ScriptedLLMServer, hostile: Path = AGENT
+) -> None:
+    """Point ``agent`` at the scripted server, its key in the caller's :data:`KEY_VAR`, the
+    ``hostile`` agent in place of its CLI."""
     base_url = server.openai_base_url if api.openai_base else server.base_url
     path.config_file.write_text(
         f"[agents.{agent}]\n"
-        'command = "/workspace/canary_agent.py"\n'
+        f'command = "/workspace/{hostile.name}"\n'
         f"base_url = {json.dumps(base_url)}\n"
         f"model = {json.dumps(api.model)}\n"
         f"api_key_env = {json.dumps(KEY_VAR)}\n"
@@ -103,22 +119,24 @@ def sent_key(header: str, value: str) -> str:
     return value.removeprefix("Bearer ") if header == "authorization" else value
 
 
-@pytest.mark.parametrize("agent", sorted(PRESETS))
+@pytest.mark.parametrize(("agent", "provider"), SANDBOXES)
 async def test_the_callers_key_reaches_the_upstream_and_no_sandbox(
     task_path: TaskPath,
     llm_server: ScriptedLLMServer,
     monkeypatch: pytest.MonkeyPatch,
     agent: str,
+    provider: str,
 ) -> None:
     requires_cli(agent)  # the preset checks its CLI is known; the stand-in runs in its place
     api = PRESETS[agent]
     canary = canary_key()
     plant_agent(task_path.repo, api)
-    configure(task_path, agent, api, llm_server)
+    configure(task_path, agent, api, llm_server, BASH_AGENT if provider == "docker" else AGENT)
     llm_server.script = Script(turns=[Turn.say("hello")], model=api.model)
     monkeypatch.setenv(KEY_VAR, canary)  # the caller's shell only: never the daemon's
 
-    task = await task_path.api.run(task_path.request("find the key", agent=agent))
+    request = task_path.request("find the key", agent=agent, provider=provider)
+    task = await task_path.api.run(request)
 
     assert task.status == "succeeded", (task.status, task.error_message)
     report = report_of(task_path, task.id)
