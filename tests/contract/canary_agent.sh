@@ -25,13 +25,18 @@ files() {
   find / \( -path /proc -o -path /sys -o -path /dev -o -path /usr \) -prune \
     -o -type f -print0 2>/dev/null
 }
+# Lists from pipes without process substitution: a VM image may have no /dev/fd.
 seen=$(files | tr -cd '\0' | wc -c)
-mapfile -t file_hits < <(files | xargs -0 -r grep -laF -- "$needle" 2>/dev/null)
+found=$(files | xargs -0 -r grep -laF -- "$needle" 2>/dev/null)
+mapfile -t file_hits <<<"$found"
+[ -n "$found" ] || file_hits=()
 
 # Loopback ports in the base URLs the preset handed over (argv, environment, home).
-mapfile -t ports < <({ env; printf '%s\n' "$@"; grep -rhoa 'http://127\.0\.0\.1:[0-9]*' \
+found=$({ env; printf '%s\n' "$@"; grep -rhoa 'http://127\.0\.0\.1:[0-9]*' \
   "${HOME:-/nonexistent}" 2>/dev/null; } | grep -oa 'http://127\.0\.0\.1:[0-9]*' \
   | sed 's/.*://' | sort -un)
+mapfile -t ports <<<"$found"
+[ -n "$found" ] || ports=()
 
 call() {
   local value=$token line

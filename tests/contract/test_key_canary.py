@@ -20,8 +20,14 @@ from tests.e2e.conftest import files_containing, requires_cli
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
 from tests.support.hal import git
+from tests.support.ssh import ssh_config
 
-pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
+# ssh_connections_closed: an in-process run on the ssh provider reaches its host from this
+# test's event loop; its connections close with it.
+pytestmark = [
+    pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300),
+    pytest.mark.usefixtures("ssh_connections_closed"),
+]  # fmt: skip
 
 AGENT = Path(__file__).with_name("canary_agent.py")
 BASH_AGENT = Path(__file__).with_name("canary_agent.sh")
@@ -61,9 +67,25 @@ SANDBOXES = [
         pytest.param(agent, "docker", id=f"{agent}-docker", marks=[pytest.mark.podman])
         for agent in ("claude", "codex")
     ],
+    pytest.param("codex", "ssh", id="codex-ssh", marks=[pytest.mark.ssh]),
+    pytest.param("codex", "qemu", id="codex-qemu", marks=[pytest.mark.qemu]),
 ]
-"""Every preset on bwrap; on docker (Podman: its image has no python, the hostile agent is
-bash) the preset that holds its key in its own variable and one whose key is an OpenAI one."""
+"""Every preset on bwrap; on docker (Podman) the preset that holds its key in its own
+variable and one whose key is an OpenAI one; codex on an ssh host and in a microVM."""
+BASH_ONLY = frozenset({"docker", "qemu"})
+"""Providers whose image has no python: the hostile agent is :data:`BASH_AGENT`."""
+
+
+def provider_config(provider: str, request: pytest.FixtureRequest) -> str:
+    """The config file's table ``provider`` needs here (the path's home drops every HAL_*
+    variable of the shell): the tests' sshd as the ssh host, the qemu test image."""
+    if provider == "ssh":
+        return ssh_config(request.getfixturevalue("sshd_server"))
+    if provider == "qemu":
+        from tests.qemu_image import images_dir
+
+        return f"[providers.qemu]\nimages_dir = {json.dumps(str(images_dir()))}\n"
+    return ""
 
 
 @pytest.fixture
@@ -124,6 +146,7 @@ async def test_the_callers_key_reaches_the_upstream_and_no_sandbox(
     task_path: TaskPath,
     llm_server: ScriptedLLMServer,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     agent: str,
     provider: str,
 ) -> None:
@@ -131,7 +154,9 @@ async def test_the_callers_key_reaches_the_upstream_and_no_sandbox(
     api = PRESETS[agent]
     canary = canary_key()
     plant_agent(task_path.repo, api)
-    configure(task_path, agent, api, llm_server, BASH_AGENT if provider == "docker" else AGENT)
+    configure(task_path, agent, api, llm_server, BASH_AGENT if provider in BASH_ONLY else AGENT)
+    with task_path.config_file.open("a") as config:
+        config.write(provider_config(provider, request))
     llm_server.script = Script(turns=[Turn.say("hello")], model=api.model)
     monkeypatch.setenv(KEY_VAR, canary)  # the caller's shell only: never the daemon's
 

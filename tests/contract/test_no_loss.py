@@ -28,6 +28,7 @@ from tests.support.no_loss import (
     started,
     stopped_work_is_whole,
 )
+from tests.support.ssh import ssh_config
 
 from hal9999.store import TaskRecord
 
@@ -47,18 +48,10 @@ async def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None
         await asyncio.sleep(0.2)
 
 
-def ssh_config(server: Any) -> str:
-    """The test sshd as the ssh provider's one host, checkpoints off (the stop's own pull
-    is what brings the work back)."""
-    entry = server.host_entry()
-    lines = [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
-    return ("[providers.ssh]\ncheckpoint_s = 3600\n\n[[providers.ssh.hosts]]\n"
-            + "\n".join(lines) + "\n")  # fmt: skip
-
-
 @pytest.mark.ssh
 async def test_a_stop_keeps_the_work_on_ssh(task_path: TaskPath, sshd_server: Any) -> None:
-    task_path.config_file.write_text(ssh_config(sshd_server))
+    # Checkpoints off: the stop's own pull is what brings the work back.
+    task_path.config_file.write_text(ssh_config(sshd_server, checkpoint_s=3600))
     await stopped_work_is_whole(task_path, "ssh")
 
 
