@@ -1,5 +1,6 @@
-"""The docs stay a guide: every relative link resolves, the guide pages stay short, and no
-source, test or doc line tells the history of the work (that lives in git log)."""
+"""The docs stay a guide: every relative link resolves, every test a page names exists, the
+guide pages stay short, and no source, test or doc line tells the history of the work (that
+lives in git log)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ HISTORY = re.compile(r"\b(stop|issue) [0-9]+", re.I)
 HISTORY_MOST = 10
 """Lines naming a work session or an issue that the whole tree may hold (quoted names of
 third-party issues, say); anything more is history that belongs in git log."""
+TEST_REF = re.compile(r"((?:tests/)?[\w/]*test_\w+\.py)::\s*(\w+(?:\{[\w,]+\}\w*)?(?:\.\.\.)?)")
+"""A test a page names: ``file.py::name``, its name maybe cut by a line break, spelled with
+``{a,b}`` for several or ending in ``...`` for those it begins."""
+TEST_FILE = re.compile(r"\btests/[\w/]+\.py\b")
 TEXT_SUFFIXES = {".py", ".md", ".sh", ".c", ".h", ".js", ".css", ".pl", ".toml", ".txt"}
 
 
@@ -65,6 +70,46 @@ def test_every_relative_link_resolves(page: Path) -> None:
         elif anchor and where.suffix == ".md" and anchor not in anchors(where):
             broken.append(f"{target}: no such heading")
     assert not broken, f"{page.relative_to(ROOT)}: {broken}"
+
+
+def named_tests(name: str) -> list[str]:
+    """The test names (or, ending in ``...``, name prefixes) a reference spells."""
+    brace = re.search(r"\{([\w,]+)\}", name)
+    if brace is None:
+        return [name]
+    head, tail = name[: brace.start()], name[brace.end() :]
+    return [f"{head}{part}{tail}" for part in brace.group(1).split(",")]
+
+
+def defines(source: str, name: str) -> bool:
+    """Whether a test module's ``source`` defines test ``name`` (a prefix, ending ``...``)."""
+    prefix = name.endswith("...")
+    word = re.escape(name.removesuffix("...")) + (r"\w*" if prefix else r"\b")
+    return re.search(rf"^\s*(?:async )?(?:def|class) {word}", source, re.M) is not None
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_test_a_page_names_exists(page: Path) -> None:
+    # docs/security.md names the tests that hold each guarantee: a renamed or moved test
+    # leaves a guarantee held by nothing the reader can find.
+    text = page.read_text(encoding="utf-8")
+    tests = [p for p in (ROOT / "tests").rglob("test_*.py") if "__pycache__" not in p.parts]
+    missing = []
+    for module, name in TEST_REF.findall(text):
+        found = [p for p in tests if f"/{p.relative_to(ROOT).as_posix()}".endswith(f"/{module}")]
+        if not found:
+            missing.append(f"{module}: no such test module")
+            continue
+        sources = [p.read_text(encoding="utf-8") for p in found]
+        missing += [
+            f"{module}::{one}" for one in named_tests(name)
+            if not any(defines(source, one) for source in sources)
+        ]  # fmt: skip
+    if page.name == "security.md":
+        missing += [
+            f"{f}: no such file" for f in TEST_FILE.findall(text) if not (ROOT / f).exists()
+        ]
+    assert not missing, f"{page.relative_to(ROOT)}: {missing}"
 
 
 def test_the_guide_pages_stay_short() -> None:

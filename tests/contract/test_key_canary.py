@@ -20,10 +20,18 @@ from tests.e2e.conftest import files_containing, requires_cli
 from tests.llm_server.script import Script, Turn
 from tests.llm_server.server import ScriptedLLMServer
 from tests.support.hal import git
+from tests.support.ssh import ssh_config
 
-pytestmark = [pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300)]
+# ssh_connections_closed: an in-process run on the ssh provider reaches its host from this
+# test's event loop; its connections close with it.
+pytestmark = [
+    pytest.mark.bwrap, pytest.mark.tmux, pytest.mark.slow, pytest.mark.timeout(300),
+    pytest.mark.usefixtures("ssh_connections_closed"),
+]  # fmt: skip
 
 AGENT = Path(__file__).with_name("canary_agent.py")
+BASH_AGENT = Path(__file__).with_name("canary_agent.sh")
+"""The same hostile agent in bash, for the docker provider's image (no python)."""
 KEY_VAR = "CANARY_LLM_KEY"
 """The caller's variable holding the canary (``api_key_env``): not the preset's own, so no
 placeholder the launcher copies over it can hide it."""
@@ -53,6 +61,31 @@ PRESETS: dict[str, Api] = {
                   "gemini-2.5-pro"),
 }  # fmt: skip
 """Every preset installable here (goose is not) and the call its hostile stand-in makes."""
+SANDBOXES = [
+    *[pytest.param(agent, "bwrap", id=agent) for agent in sorted(PRESETS)],
+    *[
+        pytest.param(agent, "docker", id=f"{agent}-docker", marks=[pytest.mark.podman])
+        for agent in ("claude", "codex")
+    ],
+    pytest.param("codex", "ssh", id="codex-ssh", marks=[pytest.mark.ssh]),
+    pytest.param("codex", "qemu", id="codex-qemu", marks=[pytest.mark.qemu]),
+]
+"""Every preset on bwrap; on docker (Podman) the preset that holds its key in its own
+variable and one whose key is an OpenAI one; codex on an ssh host and in a microVM."""
+BASH_ONLY = frozenset({"docker", "qemu"})
+"""Providers whose image has no python: the hostile agent is :data:`BASH_AGENT`."""
+
+
+def provider_config(provider: str, request: pytest.FixtureRequest) -> str:
+    """The config file's table ``provider`` needs here (the path's home drops every HAL_*
+    variable of the shell): the tests' sshd as the ssh host, the qemu test image."""
+    if provider == "ssh":
+        return ssh_config(request.getfixturevalue("sshd_server"))
+    if provider == "qemu":
+        from tests.qemu_image import images_dir
+
+        return f"[providers.qemu]\nimages_dir = {json.dumps(str(images_dir()))}\n"
+    return ""
 
 
 @pytest.fixture
@@ -68,21 +101,26 @@ def canary_key() -> str:
 
 
 def plant_agent(repo: Path, api: Api) -> None:
-    """The hostile agent and what it calls, committed to the task's repo."""
-    shutil.copy(AGENT, repo / "canary_agent.py")
-    (repo / "canary_agent.py").chmod(0o755)
+    """The hostile agents and what they call, committed to the task's repo."""
+    for agent in (AGENT, BASH_AGENT):
+        shutil.copy(agent, repo / agent.name)
+        (repo / agent.name).chmod(0o755)
     plan = {"path": api.path, "header": api.header, "body": api.body}
     (repo / "canary.json").write_text(json.dumps(plan))
-    git(repo, "add", "canary_agent.py", "canary.json")
+    (repo / "canary.plan").write_text(f"{api.path}\n{api.header}\n{json.dumps(api.body)}\n")
+    git(repo, "add", AGENT.name, BASH_AGENT.name, "canary.json", "canary.plan")
     git(repo, "commit", "-qm", "hostile agent")
 
 
-def configure(path: TaskPath, agent: str, api: Api, server: ScriptedLLMServer) -> None:
-    """Point ``agent`` at the scripted server, its key in the caller's :data:`KEY_VAR`."""
+def configure(
+    path: TaskPath, agent: str, api: Api, server: ScriptedLLMServer, hostile: Path = AGENT
+) -> None:
+    """Point ``agent`` at the scripted server, its key in the caller's :data:`KEY_VAR`, the
+    ``hostile`` agent in place of its CLI."""
     base_url = server.openai_base_url if api.openai_base else server.base_url
     path.config_file.write_text(
         f"[agents.{agent}]\n"
-        'command = "/workspace/canary_agent.py"\n'
+        f'command = "/workspace/{hostile.name}"\n'
         f"base_url = {json.dumps(base_url)}\n"
         f"model = {json.dumps(api.model)}\n"
         f"api_key_env = {json.dumps(KEY_VAR)}\n"
@@ -103,22 +141,27 @@ def sent_key(header: str, value: str) -> str:
     return value.removeprefix("Bearer ") if header == "authorization" else value
 
 
-@pytest.mark.parametrize("agent", sorted(PRESETS))
+@pytest.mark.parametrize(("agent", "provider"), SANDBOXES)
 async def test_the_callers_key_reaches_the_upstream_and_no_sandbox(
     task_path: TaskPath,
     llm_server: ScriptedLLMServer,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     agent: str,
+    provider: str,
 ) -> None:
     requires_cli(agent)  # the preset checks its CLI is known; the stand-in runs in its place
     api = PRESETS[agent]
     canary = canary_key()
     plant_agent(task_path.repo, api)
-    configure(task_path, agent, api, llm_server)
+    configure(task_path, agent, api, llm_server, BASH_AGENT if provider in BASH_ONLY else AGENT)
+    with task_path.config_file.open("a") as config:
+        config.write(provider_config(provider, request))
     llm_server.script = Script(turns=[Turn.say("hello")], model=api.model)
     monkeypatch.setenv(KEY_VAR, canary)  # the caller's shell only: never the daemon's
 
-    task = await task_path.api.run(task_path.request("find the key", agent=agent))
+    request = task_path.request("find the key", agent=agent, provider=provider)
+    task = await task_path.api.run(request)
 
     assert task.status == "succeeded", (task.status, task.error_message)
     report = report_of(task_path, task.id)

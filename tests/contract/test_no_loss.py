@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from tests.support.no_loss import (
     started,
     stopped_work_is_whole,
 )
+from tests.support.ssh import ssh_config
 
 from hal9999.store import TaskRecord
 
@@ -46,18 +48,10 @@ async def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None
         await asyncio.sleep(0.2)
 
 
-def ssh_config(server: Any) -> str:
-    """The test sshd as the ssh provider's one host, checkpoints off (the stop's own pull
-    is what brings the work back)."""
-    entry = server.host_entry()
-    lines = [f"{key} = {json.dumps(value)}" for key, value in entry.items()]
-    return ("[providers.ssh]\ncheckpoint_s = 3600\n\n[[providers.ssh.hosts]]\n"
-            + "\n".join(lines) + "\n")  # fmt: skip
-
-
 @pytest.mark.ssh
 async def test_a_stop_keeps_the_work_on_ssh(task_path: TaskPath, sshd_server: Any) -> None:
-    task_path.config_file.write_text(ssh_config(sshd_server))
+    # Checkpoints off: the stop's own pull is what brings the work back.
+    task_path.config_file.write_text(ssh_config(sshd_server, checkpoint_s=3600))
     await stopped_work_is_whole(task_path, "ssh")
 
 
@@ -154,7 +148,7 @@ def locks_in(workspace: Path) -> list[str]:
 
 
 @pytest.mark.bwrap
-@pytest.mark.parametrize("how", ["api", "sigint", "sigterm"])
+@pytest.mark.parametrize("how", ["api", "sigint", "sigterm", "ctrl-c"])
 async def test_a_cancel_while_collecting_leaves_no_lock_and_resume_collects(
     task_path: TaskPath, how: str
 ) -> None:
@@ -170,11 +164,12 @@ async def test_a_cancel_while_collecting_leaves_no_lock_and_resume_collects(
                              "the collection's git add")  # fmt: skip
         cancelled = await task_path.api.cancel(task.id)
         assert cancelled.status == "cancelled", cancelled.status
-    else:  # `hal run` in the foreground, told to end (a Ctrl-C to hal alone, a SIGTERM)
+    else:  # `hal run` in the foreground, told to end: a SIGINT or SIGTERM to hal alone, or
+        # a terminal's Ctrl-C, SIGINT to its whole process group (what hal started in it too)
         caller = subprocess.Popen(  # noqa: ASYNC220 - signalled, then waited in a thread
             [sys.executable, "-m", "hal9999", "run", "--provider", "bwrap", "--agent",
              "sh stall_agent.sh", "stall"], cwd=task_path.repo, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, process_group=0,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + WORK_TIMEOUT_S
@@ -183,7 +178,10 @@ async def test_a_cancel_while_collecting_leaves_no_lock_and_resume_collects(
                 assert time.monotonic() < deadline, "timed out waiting for the collection"
                 await asyncio.sleep(0.2)
             task = tasks[0]
-            caller.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
+            if how == "ctrl-c":
+                os.killpg(caller.pid, signal.SIGINT)
+            else:
+                caller.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
             await asyncio.to_thread(caller.wait, WORK_TIMEOUT_S)
         finally:
             if caller.poll() is None:

@@ -27,6 +27,14 @@ def ssh_provider(server: Sshd, state: Path, **host: Any) -> SshProvider:
     return provider
 
 
+def ssh_config(server: Sshd, **settings: Any) -> str:
+    """A config file's ``[providers.ssh]`` table with ``settings`` and ``server`` as its one
+    host."""
+    table = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    entry = [f"{key} = {json.dumps(value)}" for key, value in server.host_entry().items()]
+    return "\n".join(["[providers.ssh]", *table, "", "[[providers.ssh.hosts]]", *entry, ""])
+
+
 STEPS = "abcdefghijklmnop"
 
 
