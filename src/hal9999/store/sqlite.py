@@ -457,6 +457,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         with self._write() as conn:
             conn.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
             conn.execute("DELETE FROM gateway_requests WHERE task_id = ?", (task_id,))
+            conn.execute("DELETE FROM gateway_open_calls WHERE task_id = ?", (task_id,))
             deleted = conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount
             if not deleted:
                 raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)
