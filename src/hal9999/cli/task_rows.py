@@ -23,7 +23,6 @@ from hal9999.workdir import pure_path
 
 TYPE_CHECKING = False  # typing: hal9999.lighttyping says why
 if TYPE_CHECKING:
-    import sqlite3
     from collections.abc import Mapping, Sequence
     from typing import Any, NamedTuple
 
@@ -150,6 +149,7 @@ def read_tasks(
         return None
     import sqlite3
 
+    from hal9999.store import readonly
     from hal9999.store.migrations import MIGRATIONS
 
     db = pure_path(home, DB_NAME)
@@ -158,7 +158,7 @@ def read_tasks(
     select = f"SELECT {_COLUMNS}{', *' if whole else ''} FROM tasks"
     width = len(Row._fields)
     try:
-        conn = _connect(db)
+        conn = readonly.connect(db)[0]  # on a read-only home too
         try:
             version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
             if version != MIGRATIONS[-1].version:
@@ -179,40 +179,6 @@ def read_tasks(
     if any(not runner_alive(pid, started) for pid, started in owed):
         return None  # a killed run's sandbox to sweep (tasks/deadruns.py), on the full path
     return rows, names
-
-
-def _connect(db: str) -> sqlite3.Connection:
-    """The store at ``db``, never created (the full path owns creating and migrating). On a
-    read-only home, where SQLite cannot make the WAL's index beside it, read it read-only,
-    as unchanging when it has no WAL to read: nobody can write it there either."""
-    import contextlib
-    import sqlite3
-
-    modes = ["mode=rw"]
-    if not os.access(os.path.dirname(db), os.W_OK):
-        modes.append("mode=ro")
-        try:
-            wal = os.path.getsize(db + "-wal")
-        except OSError:
-            wal = 0
-        if not wal:  # else commits the WAL holds that an unchanging read would not see
-            modes.append("mode=ro&immutable=1")
-    for mode in modes[:-1]:
-        with contextlib.suppress(sqlite3.OperationalError):
-            return _opened(db, mode)
-    return _opened(db, modes[-1])
-
-
-def _opened(db: str, mode: str) -> sqlite3.Connection:
-    import sqlite3
-
-    conn = sqlite3.connect(f"file:{db}?{mode}", uri=True, timeout=5.0)
-    try:
-        conn.execute("PRAGMA schema_version").fetchone()  # opens its files (the WAL's)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 def _needs_reconciling(row: Row) -> bool:
