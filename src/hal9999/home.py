@@ -96,11 +96,7 @@ class HalPaths(NamedTuple):
             # access() reports EROFS even for root, so a read-only mount is caught here and
             # not as a traceback from SQLite or a half-made session directory later.
             if not os.access(directory, os.W_OK | os.X_OK):
-                raise HomeError(
-                    f"hal's data directory is not writable: {directory}",
-                    hint=_HOME_FIX,
-                    path=str(directory),
-                )
+                raise not_writable(directory)
         return self
 
     def ensure_session(self, task_id: str) -> Path:
@@ -128,6 +124,15 @@ class HalPaths(NamedTuple):
 
 
 _HOME_FIX = "set HAL_HOME (or `home` in your user config) to a writable directory"
+
+
+def not_writable(directory: Path) -> HomeError:
+    """The error of a command that must write where hal's data directory cannot be written
+    (commands that only read it still read it: :mod:`hal9999.store.readonly`)."""
+    return HomeError(
+        f"hal's data directory is not writable: {directory}", hint=_HOME_FIX, path=str(directory)
+    )
+
 
 SYSTEM_DIRECTORIES = frozenset(
     ["/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/opt", "/proc", "/run",
@@ -240,6 +245,12 @@ def _why(exc: OSError, path: Path) -> str:
 def unusable_session_file(path: Path, exc: OSError) -> HomeError:
     """The error for a file of a task's session that cannot be opened (a directory in its
     place, no permission, a symlink loop): one line naming it, not a crash report."""
+    if exc.errno == errno.EROFS:  # not the file's fault: the whole home cannot be written
+        return HomeError(
+            f"cannot write {path}: hal's data directory is on a read-only file system",
+            hint=_HOME_FIX,
+            path=str(path),
+        )
     why = "it is a directory" if exc.errno == errno.EISDIR else _why(exc, path)
     return HomeError(
         f"cannot open {path}: {why}",

@@ -145,6 +145,38 @@ def test_hal_home_on_a_read_only_mount(hal_env: dict[str, str], tmp_path: Path) 
             assert out.returncode == 2 and "read-only" in one_error_line(out)
 
 
+@pytest.mark.bwrap
+@pytest.mark.skipif(BWRAP is None, reason="needs bwrap for a read-only mount")
+def test_a_read_only_hal_home_lists_what_is_there(
+    hal: Hal, hal_env: dict[str, str], demo_repo: Path
+) -> None:
+    """A home on a read-only mount (a backup, a snapshot) is listed; a command that must
+    write says in one line which directory is read-only and how to go on."""
+    done = hal("run", "--agent", "true {{prompt_file}}", "listed while read-only")
+    assert done.returncode == 0, done.stderr
+    home = Path(hal_env["HAL_HOME"])
+    argv = [str(BWRAP), "--dev-bind", "/", "/", "--ro-bind", str(home), str(home),
+            sys.executable, "-m", "hal9999"]  # fmt: skip
+
+    def ro(*command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*argv, *command], env=hal_env, capture_output=True, text=True,
+                              timeout=120, cwd=demo_repo)  # fmt: skip
+
+    listed = ro("task", "list")
+    assert listed.returncode == 0 and "listed while read-only" in listed.stdout, listed.stderr
+    [task] = json.loads(ro("task", "list", "--json").stdout)
+    assert task["status"] == "succeeded"
+    for command in (("task", "show", task["id"]), ("task", "events", task["id"]),
+                    ("task", "requests", task["id"]), ("sandbox", "list")):  # fmt: skip
+        out = ro(*command)
+        assert out.returncode == 0 and "Traceback" not in out.stderr, (command, out.stderr)
+    assert "end: succeeded" in ro("task", "events", task["id"]).stdout
+    for command in (("run", "x"), ("task", "rm", task["id"]), ("task", "resume", task["id"])):
+        out = ro(*command)
+        line = one_error_line(out)
+        assert out.returncode == 2 and str(home) in line and "HAL_HOME" in line, (command, line)
+
+
 def test_running_from_a_deleted_directory(hal_env: dict[str, str], tmp_path: Path) -> None:
     gone = tmp_path / "gone"
     script = f'mkdir "{gone}" && cd "{gone}" && rmdir "{gone}" && exec "$@"'

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tests.support.hal import Hal, one_error_line
+from tests.support.daemon import poll
+from tests.support.hal import Hal, one_error_line, tasks_json
 
 pytestmark = [pytest.mark.bwrap, pytest.mark.tmux]
 SLEEPER = "sh -c 'sleep 120' {{prompt_file}}"
@@ -57,6 +58,21 @@ def test_a_client_of_a_silent_daemon_gives_up_in_one_line(
     said = f"hal serve (pid {pid}) did not answer {asked.replace('{id}', task_id)} within 2 s"
     assert said in line and f"kill -CONT {pid}" in line, line
     assert took < 30, took
+
+
+def test_a_request_whose_client_gave_up_is_not_carried_out(
+    hal: Hal, hal_env: dict[str, str], stopped_daemon: tuple[int, str]
+) -> None:
+    """The run a client gave up on stays in the socket while the daemon is stopped; once it
+    continues, the daemon drops it (the client said it failed) and says so in its log."""
+    pid, task_id = stopped_daemon
+    out = hal("run", "--agent", "true {{prompt_file}}", "y", env={"HAL_DAEMON_TIMEOUT_S": "2"})
+    assert out.returncode == 1, one_error_line(out)
+    os.kill(pid, signal.SIGCONT)
+    log = Path(hal_env["HAL_HOME"]) / "run" / "serve.log"
+    said = "dropped POST /v1/tasks: its client gave up"
+    poll("the daemon's line on the dropped run", lambda: said in log.read_text(), timeout=60)
+    assert [t["id"] for t in tasks_json(hal)] == [task_id]
 
 
 def test_each_request_waits_for_what_it_does_and_no_longer(

@@ -131,7 +131,15 @@ def open_store(config: HalConfig) -> Store:
     from hal9999.home import HalPaths
     from hal9999.store import Store
 
-    paths = HalPaths(config.home).ensure()
+    try:
+        paths = HalPaths(config.home).ensure()
+    except HomeError:
+        paths = HalPaths(config.home)
+        if not os.path.isfile(paths.db) or os.access(paths.home, os.W_OK):  # False on OSError
+            raise
+        # A home it cannot write (a read-only mount): read what is there; a write says why
+        # it cannot be done (hal9999.home.not_writable).
+        return Store.open_read_only(config.home)
     try:
         return Store.open(config.home)
     except sqlite3.Error as exc:

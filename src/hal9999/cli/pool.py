@@ -102,6 +102,9 @@ async def _all_sandboxes(a: App) -> list[dict[str, Any]]:
     if client is not None:
         for row in await client.call("GET", "/v1/sandboxes"):
             pooled[(row["provider"], row["id"])] = row
+    else:  # what the last daemon recorded: a sandbox it left to its running task (its stop)
+        for kept in a.store.list_sandboxes():
+            pooled[(kept.provider, kept.id)] = {"state": kept.state, "task_id": kept.task_id}
     found = []
     for name in _providers(a):
         try:

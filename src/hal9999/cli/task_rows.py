@@ -149,6 +149,7 @@ def read_tasks(
         return None
     import sqlite3
 
+    from hal9999.store import readonly
     from hal9999.store.migrations import MIGRATIONS
 
     db = pure_path(home, DB_NAME)
@@ -157,8 +158,7 @@ def read_tasks(
     select = f"SELECT {_COLUMNS}{', *' if whole else ''} FROM tasks"
     width = len(Row._fields)
     try:
-        # mode=rw: never create a database; the full path owns creating and migrating.
-        conn = sqlite3.connect(f"file:{db}?mode=rw", uri=True, timeout=5.0)
+        conn = readonly.connect(db)[0]  # on a read-only home too
         try:
             version = conn.execute("SELECT MAX(version) FROM schema_migrations").fetchone()[0]
             if version != MIGRATIONS[-1].version:

@@ -32,16 +32,24 @@ file goes. A gateway that starts reads the file back: its rows count in the spen
 are written to the store (those an earlier gateway stored before it could rewrite the file
 are recognised and skipped), and their tasks stay refused until that succeeds; the file is
 rewritten once, after all of them were tried.
+
+A call is marked open in the store when it goes upstream (:meth:`Ledger.open`, in the same
+group commit as the rows) and the mark goes with its row: a gateway killed mid-call (a stream
+cut, its row never written) leaves the mark, and the next gateway records each such call as
+``interrupted`` (:meth:`Ledger.close_interrupted`), so the task's calls count it. A mark whose
+call's row is in the store after all (its removal lost) records nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -104,6 +112,15 @@ class Ledger:
         self.day: tuple[float, int, float] | None = None
         """The current UTC day's start, tokens and dollars over all tasks."""
         self._queue: list[GatewayRequest] = []
+        self._opened: list[tuple[str, GatewayRequest]] = []
+        """Calls that went upstream, by key, to mark open with the next commit."""
+        self._closed: list[str] = []
+        """Keys of open calls whose rows are in the queue, to unmark with them."""
+        self._keys: dict[int, str] = {}
+        """The key of each call marked open, by its record's identity (the record
+        :meth:`add` gets at its end is the one :meth:`open` got)."""
+        self._prefix = os.urandom(6).hex()
+        self._count = itertools.count()
         self._queued: asyncio.Future[None] | None = None
         """Resolved once the rows now in the queue are committed."""
         self._writing: asyncio.Future[None] | None = None
@@ -155,9 +172,43 @@ class Ledger:
         assert self.day is not None
         return f"{self.day[0]:.0f}"
 
+    def open(self, record: GatewayRequest) -> None:
+        """Mark the call of ``record`` open (it goes upstream now) until :meth:`add` gets
+        its row: a gateway killed meanwhile leaves it to :meth:`close_interrupted`."""
+        key = f"{self._prefix}-{next(self._count)}"
+        self._keys[id(record)] = key
+        self._opened.append((key, record))
+        self._schedule(asyncio.get_running_loop())
+
+    def close_interrupted(self) -> None:
+        """Record the calls an earlier gateway left open (it died mid-call) as
+        ``interrupted``; by the gateway that holds the HAL_HOME's lock, at its start."""
+        try:
+            count = self.store.close_interrupted_calls()
+        except Exception as exc:  # a store that cannot be written: the marks wait for later
+            logger.error("gateway: could not record the calls in flight at the last stop (%s)",
+                         exc)  # fmt: skip
+            return
+        if count:
+            logger.warning("gateway: %d calls were in flight when the last gateway died; "
+                           "recorded as interrupted", count)  # fmt: skip
+
+    def _unmark(self, record: GatewayRequest) -> None:
+        """The call of ``record`` has its row: its open mark goes (never written, if it is
+        still waiting for the commit)."""
+        key = self._keys.pop(id(record), None)
+        if key is None:
+            return
+        pending = [i for i, (k, _) in enumerate(self._opened) if k == key]
+        if pending:
+            del self._opened[pending[0]]
+        else:
+            self._closed.append(key)
+
     def add(self, record: GatewayRequest) -> asyncio.Future[None] | None:
         """Count ``record`` and queue it; the future resolves once it is committed (None:
         written already, there being no event loop)."""
+        self._unmark(record)
         cost = record.cost_usd or 0.0
         if self.day is not None and record.ts >= self.day[0]:
             start, tokens, dollars = self.day
@@ -168,30 +219,38 @@ class Ledger:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._commit([record])
+            closed, self._closed = self._closed, []
+            self._commit([record], (), closed)
             return None
         self._queue.append(record)
         if self._queued is None:
             self._queued = loop.create_future()
         queued = self._queued
+        self._schedule(loop)
+        return queued
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._writing is None and not self._flushing:
             self._flushing = True
             loop.call_soon(self._flush, loop)  # after every row this turn of the loop adds
-        return queued
+
+    def _pending(self) -> bool:
+        return bool(self._queue or self._opened or self._closed)
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         self._flushing = False
-        if self._writing is not None or not self._queue:
+        if self._writing is not None or not self._pending():
             return  # the thread's batch, when done, flushes what queued meanwhile
         batch, done = self._queue, self._queued
-        self._queue, self._queued = [], None
+        opened, closed = self._opened, self._closed
+        self._queue, self._queued, self._opened, self._closed = [], None, [], []
         try:
-            if self._commit_here(batch):
+            if self._commit_here(batch, opened, closed):
                 if done is not None and not done.done():
                     done.set_result(None)
                 return
             self.handed_off += 1
-            self._writing = loop.run_in_executor(self._thread, self._commit, batch)
+            self._writing = loop.run_in_executor(self._thread, self._commit, batch, opened, closed)
         except Exception as exc:  # a ledger closed under its callers: they hear why
             logger.error("gateway: %d calls could not be handed to the store (%s)", len(batch),
                          exc)  # fmt: skip
@@ -199,17 +258,23 @@ class Ledger:
             return
         self._writing.add_done_callback(lambda writing: self._written(loop, done, writing))
 
-    def _commit_here(self, batch: list[GatewayRequest]) -> bool:
-        """Commit ``batch`` on this thread unless that would wait (False: it did not)."""
+    def _commit_here(
+        self,
+        batch: list[GatewayRequest],
+        opened: list[tuple[str, GatewayRequest]],
+        closed: list[str],
+    ) -> bool:
+        """Commit ``batch`` (and the marks of calls opened and closed) on this thread unless
+        that would wait (False: it did not)."""
         if not self._fast:
             return False
         try:
             if self._writer is None:
                 self._writer = _Writer(self.store.path)
-            if len(batch) == 1:
+            if len(batch) == 1 and not opened and not closed:
                 self._writer.add_one(batch[0])
             else:
-                self._writer.add_gateway_requests(batch)
+                self._writer.add_gateway_requests(batch, opened, closed)
         except Exception as exc:  # not only sqlite3.Error: a value SQLite cannot bind too
             if "locked" not in str(exc) and "busy" not in str(exc):
                 logger.warning("gateway: the ledger's own commit failed (%s); in its thread", exc)
@@ -244,14 +309,23 @@ class Ledger:
             self.commits += 1
             if done is not None and not done.done():
                 done.set_result(None)
-        if self._queue and not self._flushing:
+        if self._pending() and not self._flushing:
             self._flush(loop)  # the next batch goes on whatever became of this one
 
-    def _commit(self, records: list[GatewayRequest]) -> None:
-        """Store ``records``; keep those the store refuses (in the file too) and refuse
-        their tasks. In the ledger's thread (or before the loop runs)."""
+    def _commit(
+        self,
+        records: list[GatewayRequest],
+        opened: Sequence[tuple[str, GatewayRequest]] = (),
+        closed: Sequence[str] = (),
+    ) -> None:
+        """Store ``records`` (and the marks of calls opened and closed); keep those the
+        store refuses (in the file too) and refuse their tasks. In the ledger's thread (or
+        before the loop runs)."""
         try:
-            refused = self._store(records)
+            if opened or closed:
+                refused = self._store_marked(records, opened, closed)
+            else:
+                refused = self._store(records)
         except Exception as exc:  # unforeseen: every row is refused (and kept), none lost
             logger.exception("gateway: could not record %d calls; their tasks' further calls "
                              "are refused", len(records))  # fmt: skip
@@ -261,6 +335,26 @@ class Ledger:
             self._unwritten.setdefault(record.task_id, []).append(record)
         if refused:
             self._keep()
+
+    def _store_marked(
+        self,
+        records: list[GatewayRequest],
+        opened: Sequence[tuple[str, GatewayRequest]],
+        closed: Sequence[str],
+    ) -> list[tuple[GatewayRequest, str]]:
+        """:meth:`_store` with the marks of calls opened and closed, in one transaction when
+        the store takes it all."""
+        try:
+            self.store.add_gateway_requests(records, opened, closed)
+            return []
+        except Exception:
+            logger.exception("gateway: could not record %d calls with the marks of %d calls "
+                             "in flight", len(records), len(opened))  # fmt: skip
+        try:  # a lost mark is a call not told interrupted, or told needlessly
+            self.store.add_gateway_requests([], opened, closed)
+        except Exception:
+            logger.exception("gateway: could not mark %d calls in flight", len(opened))
+        return self._store(records) if records else []
 
     def _store(self, records: list[GatewayRequest]) -> list[tuple[GatewayRequest, str]]:
         """Store ``records``: those the store refused, and why."""
@@ -380,11 +474,11 @@ class Ledger:
 
     async def drain(self) -> None:
         """Wait until every call so far is in the store."""
-        while self._writing is not None or self._queued is not None:
+        while self._writing is not None or self._queued is not None or self._flushing:
             waiting = self._queued or self._writing
-            assert waiting is not None
-            with contextlib.suppress(Exception):  # a failed write: logged, its callers told
-                await asyncio.shield(waiting)
+            if waiting is not None:
+                with contextlib.suppress(Exception):  # a failed write: logged, callers told
+                    await asyncio.shield(waiting)
             # A finished write's own callback (which starts the next batch) runs in a later
             # turn of the loop: awaiting a done future does not yield, so yield here.
             await asyncio.sleep(0)

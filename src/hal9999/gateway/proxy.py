@@ -258,6 +258,7 @@ class Gateway:
                 if admitted is None:
                     return
                 held = admitted
+            self.ledger.open(record)
             try:
                 await self._forward(out, grant, (method, target, headers, body), wants, record,
                                     started)  # fmt: skip

@@ -62,6 +62,7 @@ class GatewayServer:
         self.idle_s = idle_s
         self.store = Store.open(paths.home)
         self.gateway = Gateway(self.store, paths)
+        self.gateway.ledger.close_interrupted()  # this process holds the HAL_HOME's lock
 
     async def control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """One control request."""

@@ -47,6 +47,11 @@ WORKING_S = 3600.0
 """The deadline of a request that does work of its own length (warming the pool, a command
 in a sandbox, a hive agent's start or stop, an approval's merge)."""
 _WORKING = ("/v1/pool/", "/v1/sandboxes/", "/v1/hive/agents", "/v1/hive/approvals/")
+DEADLINE_HEADER = "Hal-Deadline"
+"""The wall-clock time (seconds since the epoch) at which the client gives up on its request:
+the daemon does not carry out one it reads later (a daemon stopped with SIGSTOP found the run
+its client had said failed still in its socket, and ran it). Only the unix socket's clients
+send it, so client and daemon read one host's clock."""
 
 
 def answer_s() -> float:
@@ -129,7 +134,7 @@ class DaemonClient:
                 except OSError as exc:
                     raise self._unreachable(exc) from exc
                 try:
-                    writer.write(self._request_bytes(method, path, body, query))
+                    writer.write(self._request_bytes(method, path, body, query, limit))
                     await writer.drain()
                     status, payload = await _read_response(reader)
                 except (ConnectionError, asyncio.IncompleteReadError, ValueError) as exc:
@@ -156,7 +161,7 @@ class DaemonClient:
     def silent(self, method: str, path: str, limit: float) -> DaemonUnavailable:
         """The error of a daemon that did not answer ``method path`` within ``limit``."""
         pid = self.info.pid
-        later = "" if method == "GET" else " (what was asked may still be done when it does)"
+        later = "" if method == "GET" else " (hal serve drops it if it reads it after that)"
         return DaemonUnavailable(
             f"hal serve (pid {pid}) did not answer {method} {path.split('?')[0]} within "
             f"{limit:g} s{later}",
@@ -184,11 +189,11 @@ class DaemonClient:
     ) -> Sent:
         """Send one request, blocking; its answer is read by :meth:`Sent.answer`, so the
         caller can do other work while the daemon handles it."""
+        limit = self.deadline(method, path, query)
         try:
             conn = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         except OSError as exc:
             raise self._unreachable(exc) from exc
-        limit = self.deadline(method, path, query)
         conn.settimeout(limit)  # of each step: the connect, each send, each read
         try:
             try:
@@ -198,7 +203,7 @@ class DaemonClient:
             except OSError as exc:
                 raise self._unreachable(exc) from exc
             try:
-                conn.sendall(self._request_bytes(method, path, body, query))
+                conn.sendall(self._request_bytes(method, path, body, query, limit))
             except TimeoutError as exc:  # a buffer nobody reads
                 raise self.silent(method, path, limit) from exc
             except OSError as exc:
@@ -209,7 +214,12 @@ class DaemonClient:
         return Sent(conn, self.token_file, lambda: self.silent(method, path, limit))
 
     def _request_bytes(
-        self, method: str, path: str, body: dict[str, Any] | None, query: dict[str, Any] | None
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None,
+        query: dict[str, Any] | None,
+        limit: float,
     ) -> bytes:
         path = _path(path)  # the user's text (a task id as typed), escaped
         if query:
@@ -217,6 +227,7 @@ class DaemonClient:
         data = plainjson.dumps(body).encode() if body is not None else b""
         head = (
             f"{method} {path} HTTP/1.1\r\nHost: hal\r\nAuthorization: Bearer {self._token}\r\n"
+            f"{DEADLINE_HEADER}: {time.time() + limit:.3f}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n"
             "Connection: close\r\n\r\n"
         )

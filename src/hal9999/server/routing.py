@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ from hal9999.errors import (
     UnknownProvider,
     UsageError,
 )
+from hal9999.server.client import DEADLINE_HEADER, DaemonUnavailable
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -205,6 +208,8 @@ def status_for(error: HalError) -> int:
         return 403
     if isinstance(error, HiveLimited):
         return 429
+    if isinstance(error, DaemonUnavailable):
+        return 503
     # A name that is taken, reserved or malformed, an empty or oversized message: the hive
     # refused what the caller asked, which is not the daemon failing.
     if isinstance(error, HiveError):
@@ -249,6 +254,37 @@ def check_fields(body: dict[str, Any], fields: frozenset[str]) -> None:
     )
 
 
+def check_deadline(request: ApiRequest) -> None:
+    """Refuse a request read after its client's :data:`DEADLINE_HEADER` (the client has
+    said it failed: carrying it out now would do what the user was told was not done)."""
+    raw = request.headers.get(DEADLINE_HEADER.lower())
+    if raw is None:
+        return
+    try:
+        deadline = float(raw)
+    except ValueError:
+        deadline = math.nan
+    if not math.isfinite(deadline):
+        raise ConfigError(
+            f"the {DEADLINE_HEADER} header must be a time in seconds since the epoch",
+            hint=f"send the time the client gives up, or leave {DEADLINE_HEADER} out",
+        )
+    late = time.time() - deadline
+    if late < 0:
+        return
+    logger.warning(
+        "dropped %s %s: its client gave up %.1f s before the daemon read it",
+        request.method,
+        request.path,
+        late,
+    )
+    raise DaemonUnavailable(
+        f"hal serve read {request.method} {request.path} {late:.1f} s after its client gave "
+        "up, and did not carry it out",
+        hint="the daemon was stopped or too busy to answer in time; ask again",
+    )
+
+
 async def call_handler(
     handler: Handler,
     request: ApiRequest,
@@ -259,6 +295,7 @@ async def call_handler(
     JSON first whatever the route (one that takes none ignored a body that was not JSON);
     with ``fields`` (the route's :attr:`ApiRoute.fields`), a name outside them is refused."""
     try:
+        check_deadline(request)
         body = request.json()
         if fields is not None:
             check_fields(body, fields)

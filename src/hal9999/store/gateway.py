@@ -22,7 +22,8 @@ class GatewayRequest(BaseModel):
     path: str
     model: str | None = None
     status: int
-    """The HTTP status the agent got (a gateway refusal included)."""
+    """The HTTP status the agent got (a gateway refusal included); 0 for a call the gateway
+    died in the middle of (error ``interrupted``)."""
     latency_ms: float
     """From the request to the end of the response body."""
     input_tokens: int = 0

@@ -8,6 +8,7 @@ build).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -36,13 +37,44 @@ class GatewayTable(Table):
             )
             return int(cursor.lastrowid or 0)
 
-    def add_gateway_requests(self, rows: list[GatewayRequest]) -> None:
-        """Record several calls in one transaction (the gateway's group commit)."""
+    def add_gateway_requests(
+        self,
+        rows: list[GatewayRequest],
+        opened: Sequence[tuple[str, GatewayRequest]] = (),
+        closed: Sequence[str] = (),
+    ) -> None:
+        """Record several calls in one transaction (the gateway's group commit), with the
+        calls that started (``opened``, by key) and the keys of those whose row is in."""
         with self._write() as conn:
-            conn.executemany(
-                insert_sql("gateway_requests", _columns()),
-                [row.model_dump(exclude={"id"}) for row in rows],
+            if opened:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO gateway_open_calls (key, task_id, ts, method, path, "
+                    "model) VALUES (?, ?, ?, ?, ?, ?)",
+                    [(key, r.task_id, r.ts, r.method, r.path, r.model) for key, r in opened],
+                )
+            if rows:
+                conn.executemany(
+                    insert_sql("gateway_requests", _columns()),
+                    [row.model_dump(exclude={"id"}) for row in rows],
+                )
+            if closed:
+                conn.executemany(
+                    "DELETE FROM gateway_open_calls WHERE key = ?", [(key,) for key in closed]
+                )
+
+    def close_interrupted_calls(self) -> int:
+        """Record each call left open by a gateway that died (no row of it in
+        ``gateway_requests``) as ``interrupted``, status 0; how many there were."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO gateway_requests (task_id, ts, method, path, model, status, "
+                "latency_ms, error) SELECT o.task_id, o.ts, o.method, o.path, o.model, 0, 0, "
+                "'interrupted' FROM gateway_open_calls o WHERE NOT EXISTS (SELECT 1 FROM "
+                "gateway_requests g WHERE g.task_id = o.task_id AND g.ts = o.ts "
+                "AND g.method = o.method AND g.path = o.path) ORDER BY o.ts"
             )
+            conn.execute("DELETE FROM gateway_open_calls")
+            return cursor.rowcount
 
     def gateway_requests(self, task_id: str, *, after: int = 0) -> list[GatewayRequest]:
         """The calls of a task, oldest first, with ids above ``after``."""
@@ -97,3 +129,4 @@ class GatewayTable(Table):
         """Remove a task's calls (with the task)."""
         with self._write() as conn:
             conn.execute("DELETE FROM gateway_requests WHERE task_id = ?", (task_id,))
+            conn.execute("DELETE FROM gateway_open_calls WHERE task_id = ?", (task_id,))

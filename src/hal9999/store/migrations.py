@@ -399,4 +399,21 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE tasks ADD COLUMN issue TEXT;
         """,
     ),
+    Migration(
+        16,
+        "gateway calls in flight",
+        """
+        -- A model call from its start to its row in gateway_requests: a gateway killed
+        -- mid-call (its row never written) leaves the call here, and the next gateway
+        -- records it as interrupted (gateway/ledger.py), so no call goes uncounted.
+        CREATE TABLE gateway_open_calls (
+            key     TEXT PRIMARY KEY,
+            task_id TEXT NOT NULL,
+            ts      REAL NOT NULL,
+            method  TEXT NOT NULL,
+            path    TEXT NOT NULL,
+            model   TEXT
+        );
+        """,
+    ),
 )

@@ -20,8 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from hal9999.errors import AmbiguousTaskId, DiskFull, HalError, TaskNotFound
-from hal9999.home import HalPaths
+from hal9999.errors import AmbiguousTaskId, DiskFull, HalError, HomeError, TaskNotFound
+from hal9999.home import HalPaths, not_writable
+from hal9999.store import readonly
 from hal9999.store.cloud import CloudMachineTable
 from hal9999.store.events import EventTable
 from hal9999.store.gatewaytable import GatewayTable
@@ -88,15 +89,24 @@ RUNNER_FIELDS = ("runner_pid", "runner_started", "sandbox_id")
 class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
     """Tasks, the event index and pooled sandboxes, in one SQLite database."""
 
-    def __init__(self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(
+        self, path: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S, read_only: bool = False
+    ) -> None:
         self.path = path
         self.busy_timeout_s = busy_timeout_s
         """How long a write waits for another writer's lock before it fails."""
+        self.read_only = read_only
+        """Opened to read a home hal cannot write: every write is a :class:`HomeError`."""
+        self._mode: str | None = None
+        """The URI mode of a read-only open (:mod:`hal9999.store.readonly`)."""
         self._lock = threading.Lock()
         self._writers = writers_of(path)
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
+        if read_only:
+            self._open_read_only()
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             # The database holds prompts and repo paths: create it private. SQLite gives
@@ -127,10 +137,38 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
             self.close()
             raise
 
+    def _open_read_only(self) -> None:
+        try:
+            conn, self._mode = readonly.connect(str(self.path))
+            conn.close()
+            current = self.schema_version()
+        except sqlite3.Error as exc:
+            self.close()
+            raise HalError(
+                f"cannot read the database {self.path} of a read-only home: {exc}",
+                hint="read it where it can be written, or copy the home to a writable place",
+            ) from exc
+        latest = MIGRATIONS[-1].version
+        if current != latest:
+            self.close()
+            older = "older" if current < latest else "newer"
+            raise HomeError(
+                f"the database {self.path} is at schema version {current}, {older} than this "
+                f"hal's ({latest}), and its directory is not writable",
+                hint=not_writable(self.path.parent).hint,
+                path=str(self.path.parent),
+            )
+
     @classmethod
     def open(cls, home: Path, *, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Store:
         """Open (creating and migrating as needed) the store of a hal home directory."""
         return cls(HalPaths(home).ensure().db, busy_timeout_s=busy_timeout_s)
+
+    @classmethod
+    def open_read_only(cls, home: Path) -> Store:
+        """Open the store of a home hal cannot write, to read it; its writes fail in one
+        line (:func:`hal9999.home.not_writable`)."""
+        return cls(HalPaths(home).db, read_only=True)
 
     def close(self) -> None:
         """Close every connection; further calls fail. Safe to call twice."""
@@ -165,8 +203,11 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
                 if self._closed:
                     raise ValueError("the store is closed")
                 wait = 0 if quick else self.busy_timeout_s
+                where = (
+                    self.path if self._mode is None else readonly.uri(str(self.path), self._mode)
+                )
                 conn = sqlite3.connect(
-                    self.path, timeout=wait, isolation_level=None,
+                    where, timeout=wait, isolation_level=None, uri=self._mode is not None,
                     check_same_thread=False, factory=_Connection,
                 )  # fmt: skip
                 self._conns.append(conn)
@@ -190,6 +231,8 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         raise :class:`WriteBusy` at once when a thread of this process or another process
         holds the write lock, before anything is written.
         """
+        if self.read_only:
+            raise not_writable(self.path.parent)
         conn = self._db(quick=not wait)
         writers = self._writers
         queued = writers.acquire(timeout=self.busy_timeout_s) if wait else writers.acquire(False)
@@ -461,6 +504,7 @@ class Store(EventTable, SandboxTable, GatewayTable, CloudMachineTable):
         with self._write() as conn:
             conn.execute("DELETE FROM events WHERE task_id = ?", (task_id,))
             conn.execute("DELETE FROM gateway_requests WHERE task_id = ?", (task_id,))
+            conn.execute("DELETE FROM gateway_open_calls WHERE task_id = ?", (task_id,))
             deleted = conn.execute("DELETE FROM tasks WHERE id = ?", (task_id,)).rowcount
             if not deleted:
                 raise TaskNotFound(f"no task {task_id!r}", hint=_LIST_HINT, task_id=task_id)

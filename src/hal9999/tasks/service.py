@@ -103,7 +103,8 @@ class TaskService(TaskSecrets):
     ) -> None:
         super().__init__(config, environ)
         self.store = store
-        self.paths = HalPaths(config.home).ensure()
+        # A home it cannot write is read; its first write says so (hal9999.home.not_writable).
+        self.paths = HalPaths(config.home) if store.read_only else HalPaths(config.home).ensure()
         self.plugins = plugins or Plugins(config)
         """This process's providers and process managers: its runs, stops and kills use
         them (in a daemon, the pool's own)."""
