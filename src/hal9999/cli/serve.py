@@ -80,13 +80,15 @@ def serve(
 
     address, options = use_listen(listen, tls_cert, tls_key)
     address = address or listen_address(os.environ)  # checked before the daemon starts
-    from hal9999.hive.keys import keyless_agents
-
-    for line in keyless_agents(config, os.environ):
-        click.echo(f"hal: warning: {line}", err=True)
     if detach:
         _detach(files, as_json, options, address)
         return
+    from hal9999.hive.keys import keyless_agents
+
+    # Said by the daemon itself, before it is ready: a detached one's reach its starter
+    # through its log (see _detach).
+    for line in keyless_agents(config, os.environ):
+        click.echo(f"{WARNING}{line}", err=True)
     # The daemon's own: `hal serve --stop`, `--detach` and `hal status` need none of these.
     import asyncio
     import logging
@@ -115,6 +117,10 @@ def serve(
     asyncio.run(main())
 
 
+WARNING = "hal: warning: "
+"""How the daemon's start begins a line the user who started it must see."""
+
+
 def _detach(
     files: DaemonFiles, as_json: bool, options: list[str], address: ListenAddress | None
 ) -> None:
@@ -133,6 +139,12 @@ def _detach(
         info = files.running()
         if info is not None and info.pid == proc.pid:
             from hal9999.cli.dashboard import dashboard_link, listen_link
+
+            with files.log_file.open("rb") as log:  # the warnings of its start, said there
+                log.seek(start)
+                for line in log.read().decode(errors="replace").splitlines():
+                    if line.startswith(WARNING):
+                        click.echo(line, err=True)
 
             link = dashboard_link(files.paths.home, info.port)
             if address is not None and info.tls_port is not None:

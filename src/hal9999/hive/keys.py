@@ -18,14 +18,20 @@ def keyless_agents(config: HalConfig, environ: Mapping[str, str]) -> list[str]:
     """One line for each hive agent of ``config``'s home whose preset calls an LLM API
     through the gateway with no key in ``environ`` nor signed in: its name, the preset and
     the variable to export before ``hal serve`` starts."""
-    from hal9999.gateway.tasks import missing_key
-    from hal9999.hive.store import list_agents
-    from hal9999.tasks.context import missing_key_line
-
     if not HalPaths(config.home).db.exists():
         return []  # no store yet, so no agent
-    with Store.open(config.home) as store:
-        agents = list_agents(store)
+    from hal9999.hive.store import list_agents
+
+    try:
+        with Store.open(config.home) as store:
+            agents = list_agents(store)
+    except HalError:
+        return []  # a store that cannot be read (a full disk): the daemon's start says why
+    if not agents:  # the modules that find a key load only for a hive that has agents
+        return []
+    from hal9999.gateway.tasks import missing_key
+    from hal9999.tasks.context import missing_key_line
+
     lines = []
     for record in agents:
         try:
