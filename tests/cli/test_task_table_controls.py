@@ -18,7 +18,7 @@ def row(**fields: object) -> TaskSummary:
         id="abcd1234", status="succeeded", agent="claude", provider="bwrap", prompt="p",
         created_at=now, started_at=now, finished_at=now, exit_code=0, repo="/r", ref=None,
         branch="hal/abcd1234", files_changed=0, input_tokens=0, output_tokens=0, cost_usd=None,
-        error_message=None, session_dir="/s", repo_kind="local",
+        error_message=None, session_dir="/s", repo_kind="local", issue=None,
     )  # fmt: skip
     return cast(TaskSummary, SimpleNamespace(**{**base, **fields}))
 
