@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +98,31 @@ async def test_stop_kills_the_process_tree(
     assert (await manager.status(spec)).state in ("exited", "missing")
 
 
+async def test_a_stop_ends_with_its_command_though_another_process_holds_its_output(
+    manager: ProcessManager, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    # A process outside the command's group holding its output (a sandbox's init that
+    # outlived a stop landing as bwrap started) kept the supervisor reading, and the stop
+    # waiting, until it ended by itself (a cancel of a `sleep 120` agent took 120 s).
+    if manager.name == "pm2":
+        pytest.skip("PM2's own stop waits for every holder of the app's inherited fds")
+    marker = tmp_path / "escaped-pid"
+    spec = spec_for(tmp_path, ShellCommand(script=f"setsid sleep 600 & echo $! > {marker}; wait"))
+    await manager.start(sandbox, spec)
+    deadline = time.monotonic() + 10
+    while not (marker.exists() and marker.read_text().strip()) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    escaped = int(marker.read_text())
+    try:
+        started = time.monotonic()
+        await manager.stop(spec)
+        assert time.monotonic() - started < 60, "the stop waited for the escaped process"
+        assert (await manager.status(spec)).state in ("exited", "missing")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(escaped, signal.SIGKILL)
+
+
 def _zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
@@ -132,6 +159,7 @@ async def test_tmux_process_outlives_its_starter_and_can_be_attached(
     spec_dir = tmp_path / "run"
     starter = f"""
 import asyncio
+import contextlib
 from pathlib import Path
 from hal9999.process.pm2 import Pm2ProcessManager
 from hal9999.process.tmux import TmuxProcessManager

@@ -404,7 +404,7 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
             forward(stopped[-1], None)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, forward)
-        status = _follow(child[0], output, log, parsed, masker)
+        status = _follow(child[0], output, log, parsed, masker, stopped)
         if status == 0 or restarts <= 0 or stopped:
             break
         restarts -= 1
@@ -417,31 +417,81 @@ def supervise(argv: list[str], environ: dict[bytes, bytes] | None = None) -> int
     return status
 
 
+DRAIN_S = 2.0
+"""How long a stopped run's output is still read once its command has ended (what is left of
+its process group killed then). What the command wrote is in the pipe by then; a process of
+the sandbox outside that group may hold the pipe open until the sandbox is destroyed, which
+waits for this supervisor's end (bwrap sets ``--die-with-parent`` in its child after the
+clone: an outer bwrap killed before that leaves the sandbox's init running)."""
+
+
 def _follow(
-    child: int, output: int, log: CappedLog, parsed: ParsedEvents, masker: SecretMasker | None
+    child: int,
+    output: int,
+    log: CappedLog,
+    parsed: ParsedEvents,
+    masker: SecretMasker | None,
+    stopped: list[int],
 ) -> int:
-    """Copy one run's output (parsed, then masked) until it ends; its exit status."""
+    """Copy one run's output (parsed, then masked) until it ends; its exit status. Once a
+    stop was forwarded, it ends :data:`DRAIN_S` after the command, whoever holds the pipe."""
+    import select  # a signal wakes the wait (its wakeup fd): a stop is seen while it waits
+    import time
+
     stream = masker.stream() if masker is not None else None
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    wake, woken = posix.pipe()
+    posix.set_blocking(woken, False)
+    previous = signal.set_wakeup_fd(woken)
+    poller = select.poll()
+    poller.register(output, select.POLLIN)
+    poller.register(wake, select.POLLIN)
+    ended: int | None = None  # the command's wait status, once reaped here
+    until = 0.0
     final = False
-    while not final:
-        chunk = posix.read(output, 65536)
-        final = not chunk
-        raw = decoder.decode(chunk, final=final)
-        if stream is None:
-            text = raw
-        else:
-            text = stream.feed(raw) + (stream.flush() if final else "")
-        if text:
-            # The log first: parsed events name the log offset they are covered by.
-            log.write(text.encode())
-            _emit(text, sys.stdout)
-        parsed.feed(raw, log.size)
-        while parsed.problems:
-            problem = parsed.problems.pop(0)
-            log.write((masker.mask(problem) if masker is not None else problem).encode())
+    try:
+        while not final:
+            if stopped:
+                if ended is None:
+                    pid, raw = posix.waitpid(child, posix.WNOHANG)
+                    if pid:
+                        ended, until = raw, time.monotonic() + DRAIN_S
+                        # What it left in its group (a shell's background job, a sandbox's
+                        # init) is stopped with it: the command's part is done.
+                        try:
+                            posix.killpg(child, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                if ended is not None and time.monotonic() >= until:
+                    final = True  # what is left is the sandbox's, not the command's
+            ready = [] if final else [fd for fd, _ in poller.poll(200 if stopped else None)]
+            if wake in ready:
+                posix.read(wake, 512)
+            if not final and output not in ready:
+                continue
+            chunk = b"" if final else posix.read(output, 65536)
+            final = not chunk
+            raw_text = decoder.decode(chunk, final=final)
+            if stream is None:
+                text = raw_text
+            else:
+                text = stream.feed(raw_text) + (stream.flush() if final else "")
+            if text:
+                # The log first: parsed events name the log offset they are covered by.
+                log.write(text.encode())
+                _emit(text, sys.stdout)
+            parsed.feed(raw_text, log.size)
+            while parsed.problems:
+                problem = parsed.problems.pop(0)
+                log.write((masker.mask(problem) if masker is not None else problem).encode())
+    finally:
+        signal.set_wakeup_fd(previous)
+        posix.close(wake)
+        posix.close(woken)
     posix.close(output)
-    status = posix.waitstatus_to_exitcode(posix.waitpid(child, 0)[1])
+    if ended is None:
+        ended = posix.waitpid(child, 0)[1]
+    status = posix.waitstatus_to_exitcode(ended)
     return 128 - status if status < 0 else status
 
 
