@@ -20,8 +20,8 @@ def bare_clone(source: Path, bare: Path) -> Path:
 
 @pytest.fixture
 def forge(tmp_path: Path) -> Iterator[FakeForge]:
-    """GitHub project ``octo/calc`` (issue 1 with five comments, two authors) and GitLab
-    project ``team/tools/calc`` (issue 3 with two notes), served with their repositories."""
+    """GitHub project ``octo/calc`` (its `#1` has five comments by two authors) and GitLab
+    project ``team/tools/calc`` (its `#3` has two notes), served with their repositories."""
     source = commit_repo(tmp_path / "src", {"calc.py": "def add(a, b):\n    return a - b\n"})
     with FakeForge() as fake:
         fake.repos["octo/calc"] = bare_clone(source, tmp_path / "gh" / "calc.git")
